@@ -1,0 +1,1 @@
+"""LiteLLM gateway add-on: static API keys and request/response logging to PostgreSQL."""
