@@ -27,7 +27,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STUB_MODEL = "stub-model"
-REPLY_WORDS = "This is a deterministic reply from the lab stub upstream".split()
+REPLY_WORDS = ["This", "is", "a", "deterministic", "reply", "from", "the", "lab", "stub", "upstream"]
 ERROR_MODEL = re.compile(r"^(?:.*/)?stub-error-(\d{3})$")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
