@@ -1,0 +1,59 @@
+"""LiteLLM callback that reports token usage per request, keyed by LiteLLM's call id.
+
+The ASGI middleware already logs every exchange with the status the client received; this
+callback only fills in what the HTTP bytes may not show: token counts of streamed responses
+when the client did not ask for ``stream_options.include_usage`` (LiteLLM counts them anyway).
+The writer merges this partial record with the middleware's by ``request_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litellm.constants import LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME
+from litellm.integrations.custom_logger import CustomLogger
+
+from litellm_pglog.middleware import LOGGED_ROUTES
+from litellm_pglog.records import LogRecord
+from litellm_pglog.writer import get_writer
+
+logger = logging.getLogger(__name__)
+
+
+def is_client_traffic(payload: dict[str, Any]) -> bool:
+    """False for LiteLLM's own health checks and for routes the middleware does not log."""
+    metadata = payload.get("metadata") or {}
+    if metadata.get("user_api_key_alias") == LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME:
+        return False
+    if LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME in (payload.get("request_tags") or ()):
+        return False
+    route = metadata.get("user_api_key_request_route")
+    return isinstance(route, str) and route.rstrip("/") in LOGGED_ROUTES
+
+
+def usage_record(kwargs: dict[str, Any]) -> LogRecord | None:
+    payload = kwargs.get("standard_logging_object")
+    request_id = kwargs.get("litellm_call_id")
+    if not isinstance(payload, dict) or not request_id or not is_client_traffic(payload):
+        return None
+    return LogRecord(
+        request_id=request_id,
+        model=payload.get("model_group") or payload.get("model") or None,
+        prompt_tokens=payload.get("prompt_tokens"),
+        completion_tokens=payload.get("completion_tokens"),
+        total_tokens=payload.get("total_tokens"),
+    )
+
+
+class UsageLogger(CustomLogger):
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time) -> None:
+        try:
+            record = usage_record(kwargs)
+            if record is not None:
+                get_writer().submit(record)
+        except Exception:
+            logger.warning("litellm_pglog: could not log token usage", exc_info=True)
+
+
+usage_logger = UsageLogger()
