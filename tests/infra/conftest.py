@@ -1,0 +1,120 @@
+"""Shared helpers for the lab's testinfra checks (run by `molecule verify`).
+
+Hosts are reached the way molecule reaches them (docker exec). Secrets are read
+from the lab's generated, git-ignored secret files and only ever passed on
+standard input, never in a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import testinfra
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_DIR = Path(os.environ.get("LITELLM_LAB_DIR", REPO / ".lab"))
+
+POSTGRES_HOST = "hx-postgres-server"
+GATEWAY_HOST = "hx-litellm-server"
+UPSTREAM_HOST = "llm-upstream"
+POSTGRES_ADDRESS = "192.168.10.19"
+GATEWAY_ADDRESS = "192.168.10.18"
+DATABASE = "litellm_db"
+DB_USER = "litellm_user"
+GATEWAY_PYTHON = "/opt/litellm/venv/bin/python"
+
+# Connects with psycopg2 and runs one statement; the password arrives on stdin.
+_PSYCOPG_PROBE = """
+import sys, psycopg2
+password = sys.stdin.readline().rstrip("\\n")
+host, dbname, user, sql = sys.argv[1:5]
+try:
+    conn = psycopg2.connect(host=host, dbname=dbname, user=user, password=password, connect_timeout=5)
+except psycopg2.OperationalError as exc:
+    print(str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed")
+    sys.exit(3)
+conn.autocommit = True
+with conn.cursor() as cur:
+    cur.execute(sql)
+    if cur.description:
+        for row in cur.fetchall():
+            print("|".join("" if v is None else str(v) for v in row))
+"""
+
+# Sends a PostgreSQL StartupMessage with the standard library only and prints the
+# server's first answer: R (authentication requested) or E (refused, with why).
+_STARTUP_PROBE = """
+import socket, struct, sys
+host, user, db = sys.argv[1:4]
+params = b"user\\0" + user.encode() + b"\\0database\\0" + db.encode() + b"\\0\\0"
+with socket.create_connection((host, 5432), timeout=5) as s:
+    s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+    data = s.recv(4096)
+print(data[:1].decode(), data[5:].replace(b"\\0", b" ").decode(errors="replace"))
+"""
+
+
+class Secret(str):
+    """A string whose repr is redacted, so a failing test never prints it."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+def lab_secret(name: str) -> Secret:
+    return Secret((LAB_DIR / "secrets" / name).read_text().strip())
+
+
+def docker_exec(container: str, argv: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", "exec", "-i", container, *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def sql_as_postgres(sql: str) -> str:
+    """Run SQL on the PostgreSQL host as the postgres superuser (peer auth)."""
+    result = docker_exec(
+        POSTGRES_HOST, ["runuser", "-u", "postgres", "--", "psql", "-d", DATABASE, "-XAtq", "-c", sql]
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def sql_from_gateway(sql: str, password: Secret) -> subprocess.CompletedProcess[str]:
+    """Run SQL as litellm_user over TCP from the gateway host, with the venv's psycopg2."""
+    return docker_exec(
+        GATEWAY_HOST,
+        [GATEWAY_PYTHON, "-c", _PSYCOPG_PROBE, POSTGRES_ADDRESS, DATABASE, DB_USER, sql],
+        stdin=password + "\n",
+    )
+
+
+def startup_probe(from_container: str) -> str:
+    """What the server answers a connection attempt from that host, before any password."""
+    argv = ["python3", "-c", _STARTUP_PROBE, POSTGRES_ADDRESS, DB_USER, DATABASE]
+    result = docker_exec(from_container, argv)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def pg_host():
+    return testinfra.get_host(f"docker://{POSTGRES_HOST}")
+
+
+@pytest.fixture(scope="session")
+def gateway_host():
+    return testinfra.get_host(f"docker://{GATEWAY_HOST}")
+
+
+@pytest.fixture(scope="session")
+def db_password() -> Secret:
+    return lab_secret("db_password")
