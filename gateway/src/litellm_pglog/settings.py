@@ -1,0 +1,61 @@
+"""Runtime settings, read once from the environment.
+
+LiteLLM starts Prisma when it sees DATABASE_URL (or builds one from DATABASE_HOST & co.),
+so this package only reads names that start with LITELLM_.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value this package cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str | None = field(default=None, repr=False)  # carries the password
+    keys_file: Path = Path("/etc/litellm/api_keys.json")
+    spool_dir: Path = Path("/var/lib/litellm/spool")
+    queue_max: int = 10_000
+    batch_size: int = 200
+    flush_interval: float = 0.5
+    spool_max_bytes: int = 512 * 1024 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024
+    master_key: str | None = field(default=None, repr=False)
+    retry_max_seconds: float = 10.0
+
+
+def _positive(environ: Mapping[str, str], name: str, default: int | float, kind: type) -> int | float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    retry_max = _positive(env, "LITELLM_PGLOG_RETRY_MAX_SECONDS", defaults.retry_max_seconds, float)
+    return Settings(
+        db_url=env.get("LITELLM_DB_URL") or None,
+        keys_file=Path(env.get("LITELLM_PGLOG_KEYS_FILE") or defaults.keys_file),
+        spool_dir=Path(env.get("LITELLM_PGLOG_SPOOL_DIR") or defaults.spool_dir),
+        queue_max=_positive(env, "LITELLM_PGLOG_QUEUE_MAX", defaults.queue_max, int),
+        batch_size=_positive(env, "LITELLM_PGLOG_BATCH_SIZE", defaults.batch_size, int),
+        flush_interval=_positive(env, "LITELLM_PGLOG_FLUSH_INTERVAL", defaults.flush_interval, float),
+        spool_max_bytes=_positive(env, "LITELLM_PGLOG_SPOOL_MAX_BYTES", defaults.spool_max_bytes, int),
+        max_body_bytes=_positive(env, "LITELLM_PGLOG_MAX_BODY_BYTES", defaults.max_body_bytes, int),
+        master_key=env.get("LITELLM_MASTER_KEY") or None,
+        retry_max_seconds=retry_max,
+    )
