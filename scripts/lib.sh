@@ -1,0 +1,89 @@
+# shellcheck shell=bash
+# Shared set-up for scripts/lab-deploy and scripts/test: everything a fresh
+# Debian/Ubuntu machine needs, installed only when missing.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$REPO/.venv"
+export LITELLM_LAB_DIR="$REPO/.lab"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
+export PY_COLORS=0
+
+APT_PACKAGES=(docker.io debootstrap postgresql python3-venv git ca-certificates apache2-utils)
+
+log() { printf '\n==> %s\n' "$*"; }
+
+stage_start() { STAGE_NAME=$1; STAGE_T0=$(date +%s); log "$1"; }
+stage_end() { printf '    %s: %d s\n' "$STAGE_NAME" "$(( $(date +%s) - STAGE_T0 ))"; }
+
+require_root() {
+  [ "$(id -u)" -eq 0 ] || { echo "run as root (it installs packages and runs Docker)" >&2; exit 1; }
+}
+
+ensure_apt_packages() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing apt packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The host's own PostgreSQL cluster is not used: tests start throwaway clusters.
+  if command -v pg_lsclusters >/dev/null; then
+    pg_lsclusters -h 2>/dev/null | while read -r ver name _; do
+      pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true
+    done
+  fi
+}
+
+ensure_venv() {
+  local stamp="$VENV/.requirements.sha256" want
+  want=$(cat "$REPO/requirements.txt" "$REPO/gateway/pyproject.toml" | sha256sum | cut -d' ' -f1)
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  log "building the project venv in $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r "$REPO/requirements.txt"
+  "$VENV/bin/pip" install -q --no-deps --force-reinstall "$REPO/gateway"
+  echo "$want" > "$stamp"
+}
+
+ensure_gateway_package() {
+  # The package under test is always the working tree's, installed (not editable).
+  "$VENV/bin/pip" install -q --no-deps --force-reinstall "$REPO/gateway"
+}
+
+ensure_dockerd() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  if [ -d /run/systemd/system ] && systemctl list-unit-files docker.service >/dev/null 2>&1; then
+    log "starting docker.service"
+    systemctl start docker
+  else
+    log "starting dockerd (no systemd on this machine)"
+    if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+      rm -f /var/run/docker.pid
+    fi
+    nohup dockerd > /var/log/litellm-lab-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  echo "dockerd did not start; see /var/log/litellm-lab-dockerd.log" >&2
+  exit 1
+}
+
+ensure_lab_prerequisites() {
+  require_root
+  ensure_apt_packages
+  ensure_venv
+  ensure_dockerd
+  "$REPO/scripts/build-image"
+  mkdir -p "$LITELLM_LAB_DIR/secrets" /var/cache/litellm-lab/pip
+  chmod 0700 "$LITELLM_LAB_DIR" "$LITELLM_LAB_DIR/secrets"
+  export PATH="$VENV/bin:$PATH"
+}
