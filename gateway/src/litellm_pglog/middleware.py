@@ -75,7 +75,7 @@ def describe_request(payload: object) -> tuple[str | None, bool | None]:
     if not isinstance(payload, dict):
         return None, None
     model = payload.get("model")
-    stream = payload.get("stream")
+    stream = payload.get("stream", False)  # OpenAI's default
     return (model if isinstance(model, str) else None), (stream if isinstance(stream, bool) else None)
 
 
