@@ -51,7 +51,7 @@ def make_engine(url: str | URL, **options) -> Engine:
     """A PostgreSQL engine with a bounded pool that drops dead connections before use."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
-        raise ArgumentError(f"not a PostgreSQL URL: {safe_url(parsed)}")
+        raise ArgumentError(f"not a PostgreSQL URL (driver {parsed.drivername!r})")
     connect_args = {"application_name": "litellm_pglog"}
     if parsed.get_driver_name() == "psycopg2":
         # Without these a half-open TCP connection (host gone, not refusing) blocks a writer for minutes.
