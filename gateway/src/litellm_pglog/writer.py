@@ -34,6 +34,8 @@ log = logging.getLogger("litellm_pglog")
 ERROR_MESSAGE_MAX_CHARS = 2000
 INT32_MAX = 2**31 - 1
 FIRST_RETRY_SECONDS = 0.5
+# Spool files of workers that exited are picked up by whichever worker looks next.
+SPOOL_SCAN_SECONDS = 30.0
 
 REQUESTS = Request.__table__
 RESPONSES = Response.__table__
@@ -182,7 +184,7 @@ UPSERT_RESPONSES = _upsert_responses()
 
 def write_records(connection: Connection, records: list[LogRecord]) -> int:
     """Upsert the records and their responses rows; returns the number of request rows touched."""
-    merged = merge_records(records)
+    merged = merge_records([clean_record(record) for record in records])
     request_rows = [{name: getattr(r, name) for name in REQUEST_FIELDS} for r in merged]
     ids = {request_id: pk for pk, request_id in connection.execute(UPSERT_REQUESTS, request_rows)}
     response_rows = [
@@ -230,6 +232,7 @@ class LogWriter:
         self._retry_at = 0.0
         self._retry_delay = FIRST_RETRY_SECONDS
         self._replay_wanted = True
+        self._next_scan = 0.0
 
     # ---- API used by request handlers -------------------------------------------------------
 
@@ -318,7 +321,8 @@ class LogWriter:
 
     def _next_batch(self) -> list[tuple[int, LogRecord]]:
         with self._cond:
-            if len(self._queue) < self._settings.batch_size and not (self._stopping or self._flush_waiters):
+            filling = len(self._queue) < self._settings.batch_size and not self._flush_waiters
+            if not self._stopping and (not self._queue or filling):
                 self._cond.wait(self._settings.flush_interval)
             size = min(self._settings.batch_size, len(self._queue))
             self._inflight = [self._queue.popleft() for _ in range(size)]
@@ -376,10 +380,16 @@ class LogWriter:
     def _replay_due(self) -> bool:
         if self._down_since is not None:
             return time.monotonic() >= self._retry_at and self._spool.has_files()
-        return self._replay_wanted or self._spool.active_path is not None
+        if self._replay_wanted or self._spool.active_path is not None:
+            return True
+        if time.monotonic() < self._next_scan:
+            return False
+        self._next_scan = time.monotonic() + SPOOL_SCAN_SECONDS
+        return self._spool.has_files()
 
     def _replay_spool(self) -> None:
         self._replay_wanted = False
+        self._next_scan = time.monotonic() + SPOOL_SCAN_SECONDS
         self._spool.seal()
         for claimed in self._spool.claim_files():
             try:
