@@ -310,14 +310,26 @@ class LogWriter:
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch:
+            try:
+                if not self._step():
+                    return
+            except Exception:  # a dead writer thread would silently stop all logging
+                log.exception("log writer: unexpected error, continuing")
+                time.sleep(FIRST_RETRY_SECONDS)
+
+    def _step(self) -> bool:
+        """One round: write (or spool) a batch, then replay the spool when due; False when done."""
+        batch = self._next_batch()
+        if batch:
+            try:
                 self._handle([record for _, record in batch])
+            finally:
                 self._settle(batch)
-            elif self._stopping:
-                return
-            if not self._stopping and self._replay_due():
-                self._replay_spool()
+        elif self._stopping:
+            return False
+        if not self._stopping and self._replay_due():
+            self._replay_spool()
+        return True
 
     def _next_batch(self) -> list[tuple[int, LogRecord]]:
         with self._cond:
