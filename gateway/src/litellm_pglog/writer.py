@@ -259,8 +259,9 @@ class LogWriter:
                 if len(self._queue) >= self._settings.batch_size:
                     self._cond.notify_all()
                 return
-        # Queue full (PostgreSQL slower than the traffic) or stopping: straight to the spool.
-        self._spool_records([cleaned], sync=False)
+        # Queue full (PostgreSQL slower than the traffic) or stopping: straight to the spool,
+        # fsynced when the writer thread seals the file for replay, by flush(), at once when stopping.
+        self._spool_records([cleaned], sync=self._stopping)
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is in PostgreSQL or in the (fsynced) spool."""
@@ -343,7 +344,7 @@ class LogWriter:
 
     def _settle(self, batch: list[tuple[int, LogRecord]]) -> None:
         with self._cond:
-            self._settled = batch[-1][0]
+            self._settled = max(self._settled, batch[-1][0])
             self._inflight = []
             self._cond.notify_all()
 
