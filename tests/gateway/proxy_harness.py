@@ -33,6 +33,8 @@ PROXY_APP = "litellm_pglog.asgi:app"
 PLAIN_LITELLM_APP = "litellm.proxy.proxy_server:app"
 CHAT_MODEL = "gpt-4o-mini"
 ERROR_MODEL = "stub-error-500"
+SLOW_MODEL = "stub-slow"  # the stub answers it after SLOW_MODEL_MS
+SLOW_MODEL_MS = 2000
 START_TIMEOUT_SECONDS = 120
 # LiteLLM builds a Prisma DATABASE_URL from these; the proxy must never see them.
 PRISMA_TRIGGERS = ("DATABASE_URL", "DATABASE_HOST", "DATABASE_USERNAME", "DATABASE_PASSWORD", "DATABASE_NAME")
@@ -144,7 +146,11 @@ def proxy_config(stub: Stub, with_logging: bool = True) -> dict:
 
     callbacks = ["litellm_pglog.callbacks.usage_logger", "prometheus"] if with_logging else ["prometheus"]
     return {
-        "model_list": [deployment(CHAT_MODEL, "stub-model"), deployment(ERROR_MODEL, ERROR_MODEL)],
+        "model_list": [
+            deployment(CHAT_MODEL, "stub-model"),
+            deployment(ERROR_MODEL, ERROR_MODEL),
+            deployment(SLOW_MODEL, f"stub-slow-{SLOW_MODEL_MS}"),
+        ],
         "general_settings": {"custom_auth": "litellm_pglog.auth.user_api_key_auth"},
         "litellm_settings": {
             "callbacks": callbacks,
@@ -300,15 +306,7 @@ class LogReader:
         self.engine = create_engine(db_url, pool_pre_ping=True)
 
     def rows(self, request_ids: Iterable[str]) -> dict[str, dict]:
-        wanted = list(request_ids)
-        query = (
-            select(*LOGGED_COLUMNS)
-            .select_from(Request)
-            .outerjoin(Response, Response.request_id_fk == Request.id)
-            .where(Request.request_id.in_(wanted))
-        )
-        with self.engine.connect() as connection:
-            return {row.request_id: row._asdict() for row in connection.execute(query)}
+        return {row["request_id"]: row for row in self.rows_where(Request.request_id.in_(list(request_ids)))}
 
     def wait_for(self, request_ids: Iterable[str], complete=None, timeout: float = 60) -> dict[str, dict]:
         """Rows of all the ids once present (and ``complete(row)`` true for each); fails after timeout."""
@@ -328,6 +326,16 @@ class LogReader:
                     f"{len(missing)} of {len(wanted)} log rows missing/incomplete: {missing[:5]}"
                 )
             time.sleep(0.2)
+
+    def rows_where(self, *conditions) -> list[dict]:
+        query = (
+            select(*LOGGED_COLUMNS)
+            .select_from(Request)
+            .outerjoin(Response, Response.request_id_fk == Request.id)
+            .where(*conditions)
+        )
+        with self.engine.connect() as connection:
+            return [row._asdict() for row in connection.execute(query)]
 
     def count_per_request_id(self, request_ids: Iterable[str]) -> dict[str, int]:
         query = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -12,6 +13,7 @@ from litellm_pglog.settings import Settings
 from proxy_harness import (
     CHAT_MODEL,
     ERROR_MODEL,
+    SLOW_MODEL,
     Gateway,
     LogReader,
     Stub,
@@ -270,3 +272,15 @@ def test_metrics_endpoint_is_open_and_exports_writer_counters(gateway):
     response = httpx.get(f"{gateway.base_url}/metrics/", timeout=30)
     assert response.status_code == 200
     assert "pglog_rows_written" in response.text
+
+
+def test_client_that_leaves_before_the_answer_is_logged_as_499(gateway, logged):
+    with gateway.client(gateway.keys.test_key, timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/chat/completions", json=chat_body(model=SLOW_MODEL))
+    # The client never saw a request id; the slow model is used by this test only.
+    deadline = time.monotonic() + 60
+    while not (rows := logged.rows_where(Request.model == SLOW_MODEL)):
+        assert time.monotonic() < deadline, "no log row for the abandoned request"
+        time.sleep(0.2)
+    [row] = rows
+    assert (row["status_code"], row["error_type"], row["api_key"]) == (499, "client_disconnected", "TEST_KEY")

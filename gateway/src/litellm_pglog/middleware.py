@@ -114,6 +114,8 @@ class ResponseObserver:
     body: bytearray = field(default_factory=bytearray)
     overflow: bool = False
     pending_line: bytearray = field(default_factory=bytearray)
+    client_gone: bool = False
+    status_before_gone: int | None = None
 
     def on_start(self, message: Message) -> None:
         self.record.status_code = message["status"]
@@ -122,6 +124,11 @@ class ResponseObserver:
             if name.lower() == b"content-type":
                 content_type = bytes(value).lower()
         self.is_sse = content_type.startswith(b"text/event-stream")
+
+    def on_disconnect(self) -> None:
+        if not self.complete:
+            self.client_gone = True
+            self.status_before_gone = self.record.status_code
 
     def on_body(self, message: Message) -> None:
         chunk = message.get("body") or b""
@@ -146,6 +153,12 @@ class ResponseObserver:
     def finish(self) -> None:
         if self.body and not self.overflow:
             self._apply(_loads(bytes(self.body)))
+        if self.client_gone:
+            # A status line sent after the client left never reached it.
+            self.record.status_code = self.status_before_gone or CLIENT_CLOSED_REQUEST
+            self.record.error_type = "client_disconnected"
+        elif not self.complete and self.record.status_code not in (None, CLIENT_CLOSED_REQUEST):
+            self.record.error_type = self.record.error_type or "response_incomplete"
 
     def _apply(self, payload: object) -> None:
         for name, value in usage_fields(payload).items():
@@ -287,10 +300,7 @@ class RequestLogMiddleware:
             if not body_sent:
                 body_sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            message = await receive()
-            if message["type"] == "http.disconnect" and not observer.complete:
-                record.error_type = record.error_type or "client_disconnected"
-            return message
+            return await receive()
 
         async def observe_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -298,7 +308,17 @@ class RequestLogMiddleware:
             _observe(observer, message)
             await send(message)
 
-        await self.app(scope, replay_body, observe_send)
+        async def watch_for_disconnect() -> None:
+            # The body is fully read, so the server's next message is http.disconnect: when the
+            # client goes away, or (uvicorn) right after the response completed.
+            if (await receive())["type"] == "http.disconnect":
+                observer.on_disconnect()
+
+        watcher = asyncio.create_task(watch_for_disconnect())
+        try:
+            await self.app(scope, replay_body, observe_send)
+        finally:
+            watcher.cancel()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")
@@ -350,10 +370,7 @@ def _observe(observer: ResponseObserver, message: Message) -> None:
 def _submit(observer: ResponseObserver) -> None:
     try:
         observer.finish()
-        record = observer.record
-        if not observer.complete and record.status_code not in (None, CLIENT_CLOSED_REQUEST):
-            record.error_type = record.error_type or "response_incomplete"
-        get_writer().submit(record)
+        get_writer().submit(observer.record)
     except Exception:
         logger.warning("litellm_pglog: could not log request %s", observer.record.request_id, exc_info=True)
 

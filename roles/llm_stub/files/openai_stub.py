@@ -7,6 +7,7 @@ POST /v1/completions, POST /v1/embeddings. Paths without the /v1 prefix work too
 Usage counts are deterministic: one token per whitespace-separated word.
 Error injection: model ``stub-error-NNN`` (e.g. ``stub-error-500``) or request header
 ``x-stub-status: NNN`` answers status NNN with an OpenAI-style error body.
+Slow answers: model ``stub-slow-MS`` (e.g. ``stub-slow-2000``) waits MS milliseconds first.
 Latency: ``--latency-ms`` or env STUB_LATENCY_MS (added before the first byte).
 Auth: if env STUB_API_KEY is set, requests must carry ``Authorization: Bearer <STUB_API_KEY>``.
 One line per request is printed to stdout (never headers or bodies).
@@ -29,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 STUB_MODEL = "stub-model"
 REPLY_WORDS = ["This", "is", "a", "deterministic", "reply", "from", "the", "lab", "stub", "upstream"]
 ERROR_MODEL = re.compile(r"^(?:.*/)?stub-error-(\d{3})$")
+SLOW_MODEL = re.compile(r"^(?:.*/)?stub-slow-(\d{1,6})$")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
@@ -152,8 +154,10 @@ class StubHandler(BaseHTTPRequestHandler):
             self.send_json(400, error_body(400, "Request body is not a JSON object."))
             return 400
         injected = self.injected_status(model)
-        if self.latency_s:
-            time.sleep(self.latency_s)
+        slow = SLOW_MODEL.match(model or "")
+        delay = self.latency_s + (int(slow.group(1)) / 1000 if slow else 0)
+        if delay:
+            time.sleep(delay)
         if injected is not None and injected != 200:
             phrase = HTTPStatus(injected).phrase if injected in HTTPStatus._value2member_map_ else "Error"
             self.send_json(injected, error_body(injected, f"Injected stub error {injected} ({phrase})."))
