@@ -1,7 +1,17 @@
 """ASGI entry point: ``uvicorn litellm_pglog.asgi:app`` with CONFIG_FILE_PATH=/etc/litellm/config.yaml.
 
 LiteLLM reads CONFIG_FILE_PATH in its own lifespan handler, once per worker process, so this
-works with ``--workers N`` as well.
+works with ``--workers N`` too (each worker has its own log writer; they share the spool
+directory safely). The config this package expects::
+
+    general_settings:
+      custom_auth: litellm_pglog.auth.user_api_key_auth
+    litellm_settings:
+      callbacks: ["litellm_pglog.callbacks.usage_logger", "prometheus"]
+      require_auth_for_metrics_endpoint: false   # /metrics/ open for the scraper; omit to require a key
+
+Set LITELLM_LOCAL_MODEL_COST_MAP=True on hosts without internet access, or LiteLLM tries to
+download its model cost map at start.
 """
 
 from __future__ import annotations
