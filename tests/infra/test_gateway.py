@@ -1,0 +1,318 @@
+"""Runbook Part 2-4 and the success criteria about the gateway, checked on the lab.
+
+Client requests are sent from the llm-upstream host to the gateway's network address
+(like the runbook's curl to 192.168.10.18); keys travel on standard input only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+
+import pytest
+from conftest import (
+    GATEWAY_ADDRESS,
+    GATEWAY_HOST,
+    UPSTREAM_HOST,
+    Secret,
+    docker_exec,
+    lab_secret,
+    sql_as_postgres,
+)
+
+SERVICE = "litellm-gateway"
+PORT = 4000
+MODEL = "gpt-4o-mini"
+MAX_EXPOSURE = 3.0
+
+# One HTTP request with the standard library; the bearer key (if any) arrives on stdin.
+# Prints the status and the x-litellm-call-id header as JSON.
+_CLIENT = """
+import json, sys, urllib.error, urllib.request
+url, model = sys.argv[1:3]
+key = sys.stdin.readline().rstrip("\\n")
+body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello from testinfra"}],
+                   "max_tokens": 20}).encode()
+headers = {"Content-Type": "application/json"}
+if key:
+    headers["Authorization"] = "Bearer " + key
+request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+try:
+    with urllib.request.urlopen(request, timeout=60) as response:
+        status, call_id = response.status, response.headers.get("x-litellm-call-id")
+except urllib.error.HTTPError as error:
+    status, call_id = error.code, error.headers.get("x-litellm-call-id")
+print(json.dumps({"status": status, "call_id": call_id}))
+"""
+
+# Lists world-readable regular files below the given roots that contain any of the
+# secrets read from stdin (one per line). Prints only paths.
+_SECRET_SCAN = """
+import os, stat, sys
+secrets = [line.rstrip("\\n").encode() for line in sys.stdin if line.strip()]
+for root in sys.argv[1:]:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode) or not info.st_mode & stat.S_IROTH:
+                    continue
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError:
+                continue
+            if any(secret in data for secret in secrets):
+                print(path)
+"""
+
+
+@pytest.fixture(scope="module")
+def secrets() -> dict[str, Secret]:
+    return {
+        "db_password": lab_secret("db_password"),
+        "master_key": Secret("sk-" + lab_secret("master_key")),
+        "upstream_api_key": lab_secret("upstream_api_key"),
+        "test_key": lab_secret("test_key"),
+        "poc_validation_key": lab_secret("poc_validation_key"),
+    }
+
+
+def contains_secret(text: str, secrets: dict[str, Secret]) -> list[str]:
+    """Names (never values) of the secrets that appear in text."""
+    return [name for name, value in secrets.items() if value in text]
+
+
+def chat(key: str, model: str = MODEL) -> dict[str, object]:
+    url = f"http://{GATEWAY_ADDRESS}:{PORT}/v1/chat/completions"
+    result = docker_exec(UPSTREAM_HOST, ["python3", "-c", _CLIENT, url, model], stdin=key + "\n")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def logged(call_ids: list[str], timeout: float = 15.0) -> dict[str, tuple[int, int]]:
+    """request_id -> (status_code, response rows), polling while the writer batches."""
+    quoted = ", ".join(f"'{call_id}'" for call_id in call_ids if re.fullmatch(r"[0-9a-zA-Z-]+", call_id))
+    sql = (
+        "SELECT req.request_id, req.status_code, count(r.id) FROM requests req "
+        "LEFT JOIN responses r ON r.request_id_fk = req.id "
+        f"WHERE req.request_id IN ({quoted}) GROUP BY req.request_id, req.status_code"
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {}
+        for line in filter(None, sql_as_postgres(sql).splitlines()):
+            request_id, status, responses = line.split("|")
+            rows[request_id] = (int(status), int(responses))
+        if len(rows) == len(call_ids) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def smoke_requests(secrets) -> dict[str, dict[str, object]]:
+    """The runbook's Part 4 requests, sent once for the tests below."""
+    return {
+        "TEST_KEY": chat(secrets["test_key"]),
+        "POC_VALIDATION_KEY": chat(secrets["poc_validation_key"]),
+        "invalid key": chat("INVALID_KEY"),
+        "invalid model": chat(secrets["test_key"], model="invalid-model"),
+    }
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+def test_service_is_running_and_enabled(gateway_host):
+    service = gateway_host.service(SERVICE)
+    assert service.is_running
+    assert service.is_enabled
+    assert gateway_host.file(f"/etc/systemd/system/{SERVICE}.service").exists
+
+
+def test_service_runs_uvicorn_as_litellm(gateway_host):
+    show = gateway_host.check_output(f"systemctl show {SERVICE} -p User -p Group -p ExecStart -p MainPID")
+    assert "User=litellm" in show
+    assert "Group=litellm" in show
+    assert "litellm_pglog.asgi:app" in show
+    pid = re.search(r"MainPID=(\d+)", show).group(1)
+    assert gateway_host.check_output(f"ps -o user= -p {pid}").strip() == "litellm"
+
+
+def test_listens_on_port_4000(gateway_host):
+    assert gateway_host.socket(f"tcp://0.0.0.0:{PORT}").is_listening
+
+
+def test_liveliness_answers_200(gateway_host):
+    status = gateway_host.check_output(
+        f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{PORT}/health/liveliness"
+    )
+    assert status == "200"
+
+
+def test_metrics_are_served(gateway_host):
+    metrics = gateway_host.check_output(f"curl -sfL http://127.0.0.1:{PORT}/metrics")
+    assert "# TYPE" in metrics
+
+
+def test_systemd_exposure_is_at_most_3(gateway_host):
+    report = gateway_host.check_output(f"systemd-analyze security {SERVICE}.service --no-pager")
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", report).group(1))
+    print(f"systemd-analyze exposure of {SERVICE}: {exposure}")
+    assert exposure <= MAX_EXPOSURE
+
+
+# -- files, ownership and secrets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "user", "group", "mode"),
+    [
+        ("/opt/litellm", "litellm", "litellm", 0o755),
+        ("/etc/litellm", "root", "litellm", 0o750),
+        ("/etc/litellm/config.yaml", "root", "litellm", 0o640),
+        ("/etc/litellm/litellm.env", "root", "litellm", 0o640),
+        ("/etc/litellm/api_keys.json", "root", "litellm", 0o640),
+        ("/var/log/litellm", "litellm", "litellm", 0o750),
+        ("/var/lib/litellm", "litellm", "litellm", 0o750),
+        ("/var/lib/litellm/spool", "litellm", "litellm", 0o750),
+        ("/opt/litellm/db_init.py", "litellm", "litellm", 0o755),
+        ("/opt/litellm/venv", "root", "root", 0o755),
+    ],
+)
+def test_owner_and_mode(gateway_host, path, user, group, mode):
+    target = gateway_host.file(path)
+    assert target.exists
+    assert (target.user, target.group, target.mode) == (user, group, mode)
+
+
+def test_venv_uses_the_host_python_and_imports_the_package(gateway_host):
+    out = gateway_host.check_output(
+        "/opt/litellm/venv/bin/python -c "
+        "'import sys, litellm_pglog, litellm, sqlalchemy, psycopg2; print(sys.version_info[:2])'"
+    )
+    assert out in {"(3, 13)", "(3, 12)"}
+
+
+def test_config_points_at_the_package_and_env(gateway_host):
+    config = gateway_host.file("/etc/litellm/config.yaml").content_string
+    assert "custom_auth: litellm_pglog.auth.user_api_key_auth" in config
+    assert "litellm_pglog.callbacks.usage_logger" in config
+    assert "os.environ/OPENAI_API_KEY" in config
+    assert "os.environ/LITELLM_MASTER_KEY" in config
+
+
+def test_env_file_has_the_contract_keys(gateway_host, secrets):
+    env = gateway_host.file("/etc/litellm/litellm.env").content_string
+    names = set(re.findall(r"^([A-Z_]+)=", env, re.MULTILINE))
+    assert {
+        "LITELLM_DB_URL",
+        "LITELLM_MASTER_KEY",
+        "OPENAI_API_KEY",
+        "LITELLM_LOCAL_MODEL_COST_MAP",
+        "PYTHONUNBUFFERED",
+        "LITELLM_LOG_LEVEL",
+        "LITELLM_PGLOG_KEYS_FILE",
+        "LITELLM_PGLOG_SPOOL_DIR",
+    } <= names
+    assert not names & {"DATABASE_URL", "DATABASE_HOST", "DATABASE_USERNAME", "DATABASE_NAME"}
+    # The password appears only percent-encoded in the URL.
+    assert secrets["db_password"] not in env or not re.search(r"[!@#%:/?]", secrets["db_password"])
+
+
+def test_keys_file_holds_hashes_only(gateway_host, secrets):
+    content = gateway_host.file("/etc/litellm/api_keys.json").content_string
+    assert not contains_secret(content, secrets)
+    entries = {entry["alias"]: entry for entry in json.loads(content)["keys"]}
+    assert set(entries) == {"TEST_KEY", "POC_VALIDATION_KEY"}
+    assert entries["TEST_KEY"]["sha256"] == hashlib.sha256(secrets["test_key"].encode()).hexdigest()
+    assert (
+        entries["POC_VALIDATION_KEY"]["sha256"]
+        == hashlib.sha256(secrets["poc_validation_key"].encode()).hexdigest()
+    )
+
+
+def test_no_secret_in_world_readable_files(secrets):
+    roots = ["/etc", "/opt/litellm", "/var/lib/litellm", "/var/log/litellm"]
+    stdin = "".join(value + "\n" for value in secrets.values())
+    result = docker_exec(GATEWAY_HOST, ["python3", "-c", _SECRET_SCAN, *roots], stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []
+
+
+def test_no_secret_in_unit_properties_or_process_arguments(gateway_host, secrets):
+    show = gateway_host.check_output(f"systemctl show {SERVICE}")
+    processes = gateway_host.check_output("ps -eo args")
+    assert contains_secret(show, secrets) == []
+    assert contains_secret(processes, secrets) == []
+
+
+def test_no_secret_in_the_journal(gateway_host, secrets, smoke_requests):
+    journal = gateway_host.check_output(f"journalctl -u {SERVICE} --no-pager -o cat")
+    assert contains_secret(journal, secrets) == []
+
+
+# -- the database and the request log -------------------------------------------------------
+
+
+def test_schema_tables_exist():
+    tables = set(sql_as_postgres("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").split())
+    assert {"requests", "responses", "alembic_version"} <= tables
+
+
+def test_both_runbook_keys_get_200(smoke_requests):
+    assert smoke_requests["TEST_KEY"]["status"] == 200
+    assert smoke_requests["POC_VALIDATION_KEY"]["status"] == 200
+
+
+def test_invalid_key_gets_401(smoke_requests):
+    assert smoke_requests["invalid key"]["status"] == 401
+
+
+def test_invalid_model_gets_4xx(smoke_requests):
+    assert 400 <= smoke_requests["invalid model"]["status"] < 500
+
+
+def test_every_request_is_logged_with_the_status_the_client_received(smoke_requests):
+    call_ids = {name: str(answer["call_id"]) for name, answer in smoke_requests.items()}
+    assert all(answer["call_id"] for answer in smoke_requests.values()), "a response lacks x-litellm-call-id"
+    rows = logged(list(call_ids.values()))
+    for name, call_id in call_ids.items():
+        assert call_id in rows, f"{name}: not in requests"
+        status, responses = rows[call_id]
+        assert status == smoke_requests[name]["status"], name
+        assert responses == 1, f"{name}: {responses} rows in responses"
+
+
+def test_logged_keys_are_aliases_not_keys(smoke_requests, secrets):
+    call_id = smoke_requests["TEST_KEY"]["call_id"]
+    logged([str(call_id)])
+    row = sql_as_postgres(f"SELECT api_key, user_id FROM requests WHERE request_id = '{call_id}'")
+    assert row == "TEST_KEY|poc-tester"
+    dump = sql_as_postgres("SELECT string_agg(coalesce(api_key, ''), ' ') FROM requests")
+    assert contains_secret(dump, secrets) == []
+
+
+# -- the lab's upstream stub -------------------------------------------------------------------
+
+
+def test_stub_runs_with_a_dynamic_user_and_a_root_only_key_file():
+    show = docker_exec(
+        UPSTREAM_HOST, ["systemctl", "show", "llm-stub", "-p", "ActiveState", "-p", "DynamicUser"]
+    )
+    assert "ActiveState=active" in show.stdout
+    assert "DynamicUser=yes" in show.stdout
+    stat = docker_exec(UPSTREAM_HOST, ["stat", "-c", "%U:%G %a", "/etc/llm-stub/llm-stub.env"])
+    assert stat.stdout.strip() == "root:root 600"
+
+
+def test_stub_requires_the_upstream_key(secrets):
+    url = "http://127.0.0.1:8080/v1/chat/completions"
+    without = docker_exec(UPSTREAM_HOST, ["python3", "-c", _CLIENT, url, MODEL], stdin="wrong\n")
+    with_key = docker_exec(
+        UPSTREAM_HOST, ["python3", "-c", _CLIENT, url, MODEL], stdin=secrets["upstream_api_key"] + "\n"
+    )
+    assert json.loads(without.stdout)["status"] == 401
+    assert json.loads(with_key.stdout)["status"] == 200
