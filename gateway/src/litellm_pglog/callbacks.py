@@ -16,6 +16,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_pglog.middleware import LOGGED_ROUTES
 from litellm_pglog.records import LogRecord
+from litellm_pglog.settings import load_settings
 from litellm_pglog.writer import get_writer
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,13 @@ def usage_record(kwargs: dict[str, Any]) -> LogRecord | None:
 
 
 class UsageLogger(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = load_settings().enabled
+
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time) -> None:
+        if not self.enabled:
+            return
         try:
             record = usage_record(kwargs)
             if record is not None:

@@ -181,10 +181,14 @@ def _loads(data: bytes) -> object:
 class RequestLogMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_body_bytes = load_settings().max_body_bytes
+        settings = load_settings()
+        self.enabled = settings.enabled
+        self.max_body_bytes = settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        if not self.enabled:  # LITELLM_PGLOG_ENABLED=false: the bare proxy, for baseline measurements
+            await self.app(scope, receive, send)
+        elif scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].rstrip("/") in LOGGED_ROUTES:
             await self._logged_request(scope, receive, send)

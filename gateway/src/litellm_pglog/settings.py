@@ -18,6 +18,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    enabled: bool = True  # False: no middleware logging, no callback, no writer (baseline runs)
     db_url: str | None = field(default=None, repr=False)  # carries the password
     keys_file: Path = Path("/etc/litellm/api_keys.json")
     spool_dir: Path = Path("/var/lib/litellm/spool")
@@ -43,11 +44,25 @@ def _positive(environ: Mapping[str, str], name: str, default: int | float, kind:
     return value
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in TRUE_WORDS | FALSE_WORDS:
+        raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+    return raw in TRUE_WORDS
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     defaults = Settings()
     retry_max = _positive(env, "LITELLM_PGLOG_RETRY_MAX_SECONDS", defaults.retry_max_seconds, float)
     return Settings(
+        enabled=_flag(env, "LITELLM_PGLOG_ENABLED", defaults.enabled),
         db_url=env.get("LITELLM_DB_URL") or None,
         keys_file=Path(env.get("LITELLM_PGLOG_KEYS_FILE") or defaults.keys_file),
         spool_dir=Path(env.get("LITELLM_PGLOG_SPOOL_DIR") or defaults.spool_dir),
