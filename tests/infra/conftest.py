@@ -30,7 +30,7 @@ GATEWAY_PYTHON = "/opt/litellm/venv/bin/python"
 _PSYCOPG_PROBE = """
 import sys, psycopg2
 password = sys.stdin.readline().rstrip("\\n")
-host, dbname, user, sql = sys.argv[1:5]
+host, dbname, user, *statements = sys.argv[1:]
 try:
     conn = psycopg2.connect(host=host, dbname=dbname, user=user, password=password, connect_timeout=5)
 except psycopg2.OperationalError as exc:
@@ -38,10 +38,11 @@ except psycopg2.OperationalError as exc:
     sys.exit(3)
 conn.autocommit = True
 with conn.cursor() as cur:
-    cur.execute(sql)
-    if cur.description:
-        for row in cur.fetchall():
-            print("|".join("" if v is None else str(v) for v in row))
+    for sql in statements:
+        cur.execute(sql)
+        if cur.description:
+            for row in cur.fetchall():
+                print("|".join("" if v is None else str(v) for v in row))
 """
 
 # Sends a PostgreSQL StartupMessage with the standard library only and prints the
@@ -88,11 +89,11 @@ def sql_as_postgres(sql: str) -> str:
     return result.stdout.strip()
 
 
-def sql_from_gateway(sql: str, password: Secret) -> subprocess.CompletedProcess[str]:
-    """Run SQL as litellm_user over TCP from the gateway host, with the venv's psycopg2."""
+def sql_from_gateway(password: Secret, *statements: str) -> subprocess.CompletedProcess[str]:
+    """Run statements as litellm_user over TCP from the gateway host, with the venv's psycopg2."""
     return docker_exec(
         GATEWAY_HOST,
-        [GATEWAY_PYTHON, "-c", _PSYCOPG_PROBE, POSTGRES_ADDRESS, DATABASE, DB_USER, sql],
+        [GATEWAY_PYTHON, "-c", _PSYCOPG_PROBE, POSTGRES_ADDRESS, DATABASE, DB_USER, *statements],
         stdin=password + "\n",
     )
 

@@ -79,16 +79,18 @@ def test_pg_hba_allows_exactly_the_gateway_host(pg_host):
 def test_gateway_logs_in_and_creates_a_table_in_public(db_password):
     table = f"verify_probe_{uuid.uuid4().hex[:8]}"
     result = sql_from_gateway(
-        f"CREATE TABLE public.{table} (id int); INSERT INTO public.{table} VALUES (1);"
-        f" SELECT current_user, count(*) FROM public.{table} GROUP BY 1; DROP TABLE public.{table};",
         db_password,
+        f"CREATE TABLE public.{table} (id int)",
+        f"INSERT INTO public.{table} VALUES (1)",
+        f"SELECT current_user, count(*) FROM public.{table} GROUP BY 1",
+        f"DROP TABLE public.{table}",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == f"{DB_USER}|1"
 
 
 def test_gateway_with_a_wrong_password_is_refused(db_password):
-    result = sql_from_gateway("SELECT 1", Secret(db_password + "-wrong"))
+    result = sql_from_gateway(Secret(db_password + "-wrong"), "SELECT 1")
     assert result.returncode == 3
     assert "password authentication failed" in result.stdout
 
