@@ -194,8 +194,10 @@ def test_malformed_json_is_a_clear_logged_400(gateway, logged):
     assert "not valid JSON" in row["error_message"]
 
 
-def test_oversized_body_is_a_logged_413(gateway, logged):
-    filler = "x" * (MAX_BODY_BYTES + 1)
+# Just over the limit, and 10 MB: a client still sending must receive the 413, not a reset.
+@pytest.mark.parametrize("size", [MAX_BODY_BYTES + 1, 10 * 1024 * 1024], ids=["limit+1", "10MB"])
+def test_oversized_body_is_a_logged_413(gateway, logged, size):
+    filler = "x" * size
     with gateway.client(gateway.keys.test_key) as client:
         response = client.post("/v1/chat/completions", json=chat_body(filler))
     assert response.status_code == 413

@@ -53,13 +53,18 @@ CALL_ID_HEADER = b"x-litellm-call-id"
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client left before any status was sent
 MAX_CAPTURED_BODY_BYTES = 1024 * 1024
 MAX_ERROR_MESSAGE_CHARS = 2000
+# How much of an oversized body is read and thrown away so that the client, still sending,
+# receives the 413 instead of a connection reset; beyond this the connection is just closed.
+MAX_DISCARDED_BODY_BYTES = 64 * 1024 * 1024
 WRITER_STOP_TIMEOUT_SECONDS = 10.0
 
 logger = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, more_body: bool) -> None:
+        super().__init__("request body too large")
+        self.more_body = more_body
 
 
 class ClientGone(Exception):
@@ -280,7 +285,9 @@ class RequestLogMiddleware:
         record = observer.record
         try:
             body = await self._read_body(scope, receive)
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
+            if exc.more_body and not _expects_continue(scope):
+                await _discard_rest_of_body(receive)
             limit = self.max_body_bytes
             message = f"Request body is larger than the gateway limit of {limit} bytes."
             await self._reject(send, observer, 413, openai_error(message, "request_too_large"))
@@ -327,7 +334,7 @@ class RequestLogMiddleware:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise BodyTooLarge
+            raise BodyTooLarge(more_body=True)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -336,7 +343,7 @@ class RequestLogMiddleware:
             chunk = message.get("body") or b""
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise BodyTooLarge
+                raise BodyTooLarge(more_body=message.get("more_body", False))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -351,13 +358,27 @@ class RequestLogMiddleware:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(data)).encode()),
                 (CALL_ID_HEADER, observer.record.request_id.encode()),
-                # The rest of an oversized body is never read; do not reuse the connection.
+                # An oversized body may not have been read to its end: do not reuse the connection.
                 (b"connection", b"close"),
             ],
         }
         for message in (start, {"type": "http.response.body", "body": data, "more_body": False}):
             _observe(observer, message)
             await send(message)
+
+
+def _expects_continue(scope: Scope) -> bool:
+    """A client that sent Expect: 100-continue waits for us before sending the body."""
+    return (_header(scope, b"expect") or "").lower() == "100-continue"
+
+
+async def _discard_rest_of_body(receive: Receive) -> None:
+    discarded = 0
+    while discarded <= MAX_DISCARDED_BODY_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        discarded += len(message.get("body") or b"")
 
 
 def _observe(observer: ResponseObserver, message: Message) -> None:
