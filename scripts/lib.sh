@@ -87,3 +87,13 @@ ensure_lab_prerequisites() {
   chmod 0700 "$LITELLM_LAB_DIR" "$LITELLM_LAB_DIR/secrets"
   export PATH="$VENV/bin:$PATH"
 }
+
+# Fail when a playbook run's recap reports any change (for --check --diff runs).
+assert_no_changes() {
+  local recap
+  recap=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -E '[^ ]+ +: ok=[0-9]+ +changed=[0-9]+' || true)
+  [ -n "$recap" ] || { echo "no play recap found in $1" >&2; return 1; }
+  if grep -Eq 'changed=[1-9]' <<<"$recap"; then
+    echo "expected changed=0, got:" >&2; echo "$recap" >&2; return 1
+  fi
+}
