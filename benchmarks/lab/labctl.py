@@ -1,0 +1,322 @@
+"""Access to the deployed Docker lab for the load and fault runs (scripts/lab-load, scripts/lab-faults).
+
+Everything goes through ``docker exec`` into the lab's own containers or to the lab's addresses
+(192.168.10.18/.19/.20). Temporary gateway settings are applied with a systemd drop-in that
+``restore()`` always removes again, so the lab is left as Ansible deployed it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_SECRETS = REPO / ".lab" / "secrets"
+RESULTS = REPO / "results"
+
+GATEWAY_HOST = "hx-litellm-server"
+POSTGRES_HOST = "hx-postgres-server"
+GATEWAY_URL = "http://192.168.10.18:4000"
+GATEWAY_ADDRESS = "192.168.10.18"
+SERVICE = "litellm-gateway"
+POSTGRES_UNIT = "postgresql@17-main"
+DATABASE = "litellm_db"
+SPOOL_DIR = "/var/lib/litellm/spool"
+MODEL = "gpt-4o-mini"
+CHAT_PATH = "/v1/chat/completions"
+
+DROPIN_DIR = f"/etc/systemd/system/{SERVICE}.service.d"
+DROPIN_CONF = f"{DROPIN_DIR}/zz-load.conf"
+# EnvironmentFile= wins over Environment=, and a later EnvironmentFile over an earlier one:
+# the drop-in adds its own file after the deployed litellm.env.
+DROPIN_ENV = f"{DROPIN_DIR}/zz-load.env"
+HEALTH_TIMEOUT_SECONDS = 180
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def docker_exec(container: str, argv: list[str], stdin: str = "", timeout: float = 120) -> str:
+    result = subprocess.run(
+        ["docker", "exec", "-i", container, *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise LabError(f"{container}: {' '.join(argv[:3])}... failed: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
+def require_deployed_lab() -> None:
+    """One clear line when the lab is missing, instead of a stack trace later."""
+    try:
+        state = docker_exec(GATEWAY_HOST, ["systemctl", "is-active", SERVICE], timeout=20).strip()
+    except (LabError, OSError, subprocess.TimeoutExpired):
+        state = "missing"
+    if state != "active" or not (LAB_SECRETS / "test_key").exists():
+        sys.exit(f"The lab is not deployed (gateway: {state}). Run scripts/lab-deploy first.")
+
+
+def test_key() -> str:
+    return (LAB_SECRETS / "test_key").read_text().strip()
+
+
+def chat_payload(content: str = "This is a load test message. Please respond briefly.") -> dict:
+    """The runbook's Part 5 payload."""
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 50}
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def psql(script: str) -> str:
+    """Run SQL as the postgres superuser on the database host; the script (and COPY data) on stdin."""
+    argv = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", DATABASE]
+    return docker_exec(POSTGRES_HOST, argv, stdin=script).strip()
+
+
+def postgres(action: str) -> None:
+    docker_exec(POSTGRES_HOST, ["systemctl", action, POSTGRES_UNIT])
+
+
+def postgres_ready(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            psql("SELECT 1")
+            return
+        except LabError:
+            time.sleep(0.5)
+    raise LabError("PostgreSQL did not answer after start")
+
+
+def account(client_status: dict[str, int]) -> dict[str, int]:
+    """Compare request ids the clients received with the rows in ``requests``.
+
+    lost = answered requests without a row; duplicated = rows beyond one per request id;
+    status_mismatch = rows whose status_code differs from what the client received.
+    """
+    if not client_status:
+        return dict.fromkeys(
+            ("sent", "rows", "found", "lost", "duplicated", "status_mismatch", "without_responses_row"), 0
+        )
+    out = psql(
+        _sent_table(client_status) + "SELECT count(r.id), count(DISTINCT r.request_id),"
+        " count(r.id) FILTER (WHERE r.status_code IS DISTINCT FROM s.status),"
+        " count(r.id) FILTER (WHERE NOT EXISTS"
+        " (SELECT 1 FROM responses p WHERE p.request_id_fk = r.id))"
+        " FROM sent s JOIN requests r ON r.request_id = s.request_id;\n"
+    )
+    rows, found, mismatch, no_response = (int(v) for v in out.splitlines()[-1].split("|"))
+    return {
+        "sent": len(client_status),
+        "rows": rows,
+        "found": found,
+        "lost": len(client_status) - found,
+        "duplicated": rows - found,
+        "status_mismatch": mismatch,
+        "without_responses_row": no_response,
+    }
+
+
+def _sent_table(client_status: dict[str, int]) -> str:
+    """psql script lines loading the ids and statuses into the temporary table ``sent``."""
+    data = "".join(f"{rid}\t{status}\n" for rid, status in client_status.items())
+    return f"CREATE TEMP TABLE sent (request_id text, status int);\nCOPY sent FROM STDIN;\n{data}\\.\n"
+
+
+def found_ids(client_status: dict[str, int]) -> set[str]:
+    """The ids among client_status that have a row in ``requests``."""
+    if not client_status:
+        return set()
+    out = psql(
+        _sent_table(client_status) + "SELECT s.request_id FROM sent s JOIN requests r USING (request_id);\n"
+    )
+    return set(out.split())
+
+
+def wait_for_rows(client_status: dict[str, int], timeout: float = 120, quiet: float = 20) -> dict[str, int]:
+    """Account once the writer drained: every id found, or no progress for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, last_change = None, time.monotonic()
+    while True:
+        try:
+            counts = account(client_status)
+        except LabError:  # PostgreSQL may still be starting
+            counts = None
+        if counts and counts["lost"] == 0 and counts["without_responses_row"] == 0:
+            return counts
+        if counts != last:
+            last, last_change = counts, time.monotonic()
+        if time.monotonic() > deadline or (counts and time.monotonic() - last_change > quiet):
+            if counts is None:
+                raise LabError("cannot count rows: PostgreSQL does not answer")
+            return counts
+        time.sleep(1)
+
+
+def rows_between(start: float, end: float) -> dict[str, int]:
+    """Chat rows of TEST_KEY created in [start, end] (epoch seconds): for runs without ids (ab)."""
+    out = psql(
+        "SELECT count(*), count(DISTINCT request_id), count(*) FILTER (WHERE status_code = 200)"
+        f" FROM requests WHERE created_at BETWEEN to_timestamp({start:.6f}) AND to_timestamp({end:.6f})"
+        f" AND route = '{CHAT_PATH}' AND api_key = 'TEST_KEY'"
+    )
+    rows, distinct, ok = (int(v) for v in out.split("|"))
+    return {"rows": rows, "distinct": distinct, "status_200": ok}
+
+
+def wait_for_window_rows(start: float, end: float, expected: int, timeout: float = 90) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = rows_between(start, end)
+        if counts["rows"] >= expected or time.monotonic() > deadline:
+            return counts
+        time.sleep(1)
+
+
+def gateway_connections() -> int:
+    return int(
+        psql(
+            "SELECT count(*) FROM pg_stat_activity"
+            f" WHERE usename = 'litellm_user' AND client_addr = '{GATEWAY_ADDRESS}'"
+        )
+    )
+
+
+# ---- the gateway service -----------------------------------------------------------------------
+
+
+def service_show(*properties: str) -> dict[str, str]:
+    argv = ["systemctl", "show", SERVICE, *(f"--property={p}" for p in properties)]
+    out = docker_exec(GATEWAY_HOST, argv)
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def wait_healthy(timeout: float = HEALTH_TIMEOUT_SECONDS) -> float:
+    """Seconds until the gateway answers /health/liveliness from this machine."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if httpx.get(f"{GATEWAY_URL}/health/liveliness", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise LabError(f"the gateway did not become healthy within {timeout} s")
+
+
+def restart_gateway() -> float:
+    docker_exec(GATEWAY_HOST, ["systemctl", "daemon-reload"])
+    docker_exec(GATEWAY_HOST, ["systemctl", "restart", SERVICE])
+    return wait_healthy()
+
+
+def apply_gateway_env(overrides: dict[str, str]) -> float:
+    """Restart the gateway with extra environment from a drop-in; returns seconds to healthy."""
+    for name, value in overrides.items():
+        if not re.fullmatch(r"LITELLM_PGLOG_[A-Z_]+", name) or not re.fullmatch(r"[\w.\-]+", value):
+            raise ValueError(f"refusing drop-in setting {name}={value!r}")
+    env = "".join(f"{name}={value}\n" for name, value in overrides.items())
+    conf = f"# Temporary (benchmarks/lab); removed by restore().\n[Service]\nEnvironmentFile={DROPIN_ENV}\n"
+    script = (
+        f"set -e; umask 022; mkdir -p {DROPIN_DIR}; "
+        f"printf '%s' \"$1\" > {DROPIN_ENV}; printf '%s' \"$2\" > {DROPIN_CONF}"
+    )
+    docker_exec(GATEWAY_HOST, ["sh", "-c", script, "sh", env, conf])
+    return restart_gateway()
+
+
+def restore() -> bool:
+    """Remove the drop-in (restarting the gateway) and make sure PostgreSQL runs; True if changed."""
+    postgres("start")
+    present = docker_exec(GATEWAY_HOST, ["sh", "-c", f"ls {DROPIN_CONF} {DROPIN_ENV} 2>/dev/null || true"])
+    active = docker_exec(GATEWAY_HOST, ["sh", "-c", f"systemctl is-active {SERVICE} || true"]).strip()
+    if not present.strip() and active == "active":
+        return False
+    docker_exec(GATEWAY_HOST, ["rm", "-f", DROPIN_CONF, DROPIN_ENV])
+    docker_exec(GATEWAY_HOST, ["sh", "-c", f"rmdir {DROPIN_DIR} 2>/dev/null || true"])
+    restart_gateway()
+    return True
+
+
+@contextmanager
+def gateway_env(overrides: dict[str, str]) -> Iterator[float]:
+    try:
+        yield apply_gateway_env(overrides)
+    finally:
+        restore()
+
+
+CPU_CGROUPS = {
+    "gateway": (GATEWAY_HOST, f"/sys/fs/cgroup/system.slice/{SERVICE}.service/cpu.stat"),
+    "postgres": (POSTGRES_HOST, "/sys/fs/cgroup/system.slice/system-postgresql.slice/cpu.stat"),
+    "stub": ("llm-upstream", "/sys/fs/cgroup/system.slice/llm-stub.service/cpu.stat"),
+}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by the gateway, PostgreSQL and stub services (their cgroups' cpu.stat)."""
+    used = {}
+    for name, (container, path) in CPU_CGROUPS.items():
+        usage = re.search(r"^usage_usec (\d+)", docker_exec(container, ["cat", path]), re.MULTILINE)
+        used[name] = int(usage.group(1)) / 1e6
+    return used
+
+
+def journal_since(since_epoch: float, grep: str | None = None) -> list[str]:
+    argv = ["journalctl", "-u", SERVICE, "--no-pager", "-o", "cat", f"--since=@{int(since_epoch)}"]
+    lines = docker_exec(GATEWAY_HOST, argv).splitlines()
+    return [line for line in lines if grep is None or grep in line]
+
+
+def metric(name: str) -> float:
+    text = httpx.get(f"{GATEWAY_URL}/metrics/", timeout=10, follow_redirects=True).text
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def spooled_request_ids() -> set[str]:
+    """Request ids in the gateway's spool files right now."""
+    script = f"cat {SPOOL_DIR}/pglog-*.jsonl 2>/dev/null || true"
+    out = docker_exec(GATEWAY_HOST, ["sh", "-c", script])
+    return set(re.findall(r'"request_id":"([0-9a-f-]{36})"', out))
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def machine_description() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return f"{os.cpu_count()} vCPU {cpu}, {mem_kb / 1024 / 1024:.0f} GiB RAM, one host for all lab containers"
+
+
+if __name__ == "__main__":
+    # `python benchmarks/lab/labctl.py restore`: the shell entry points' trap.
+    if sys.argv[1:] == ["restore"]:
+        print("lab restored (drop-in removed, gateway restarted)" if restore() else "lab already as deployed")
+    elif sys.argv[1:] == ["check"]:
+        require_deployed_lab()
+    else:
+        sys.exit("usage: labctl.py restore|check")
