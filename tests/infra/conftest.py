@@ -119,3 +119,53 @@ def gateway_host():
 @pytest.fixture(scope="session")
 def db_password() -> Secret:
     return lab_secret("db_password")
+
+
+# -- helpers for tests/infra/test_security.py ---------------------------------------------------
+
+LAB_CONTAINERS = (POSTGRES_HOST, GATEWAY_HOST, UPSTREAM_HOST)
+
+# Lists the regular files below the given roots that are readable by "other" and contain any
+# of the secrets read from stdin (one per line). Prints only paths, never content.
+_WORLD_READABLE_SECRET_SCAN = """
+import os, stat, sys
+secrets = [line.rstrip("\\n").encode() for line in sys.stdin if line.strip()]
+for root in sys.argv[1:]:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode) or not info.st_mode & stat.S_IROTH:
+                    continue
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError:
+                continue
+            if any(secret in data for secret in secrets):
+                print(path)
+"""
+
+
+def all_lab_secrets() -> dict[str, Secret]:
+    """Every generated lab secret, in each form it is written in (the URL form of the password too)."""
+    from urllib.parse import quote
+
+    names = ("db_password", "master_key", "upstream_api_key", "test_key", "poc_validation_key")
+    secrets = {name: lab_secret(name) for name in names}
+    secrets["db_password (URL-encoded)"] = Secret(quote(secrets["db_password"], safe=""))
+    return secrets
+
+
+def secrets_in(text: str, secrets: dict[str, Secret]) -> list[str]:
+    """Names (never values) of the secrets that appear in text."""
+    return [name for name, value in secrets.items() if value in text]
+
+
+def world_readable_files_with_secrets(
+    container: str, roots: list[str], secrets: dict[str, Secret]
+) -> list[str]:
+    stdin = "".join(value + "\n" for value in secrets.values())
+    result = docker_exec(container, ["python3", "-c", _WORLD_READABLE_SECRET_SCAN, *roots], stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()

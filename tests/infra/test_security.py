@@ -1,0 +1,150 @@
+"""Secrets and hardening checks not covered by test_gateway.py / test_postgres.py.
+
+Already elsewhere (not repeated here): pg_hba refusing a non-gateway host and a wrong password
+(test_postgres.py); the gateway's env/config/keys modes, its unit properties, process arguments,
+journal and world-readable files on the gateway host, its exposure score (test_gateway.py).
+Added here: the Ansible output itself (-v), every lab host's processes, full journal, log files
+and world-readable files, PostgreSQL's configuration modes, the control node's secret files,
+the repository, and the stub's exposure score.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+from conftest import (
+    LAB_CONTAINERS,
+    LAB_DIR,
+    POSTGRES_HOST,
+    REPO,
+    UPSTREAM_HOST,
+    all_lab_secrets,
+    docker_exec,
+    secrets_in,
+    world_readable_files_with_secrets,
+)
+
+MAX_EXPOSURE = 3.0
+ANSIBLE_TIMEOUT_SECONDS = 900
+
+
+@pytest.fixture(scope="module")
+def secrets():
+    return all_lab_secrets()
+
+
+@pytest.fixture(scope="module")
+def ansible_verbose_output() -> str:
+    """A second converge of the lab with -v --diff, exactly as molecule runs it (its inventory and config)."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.skip("needs molecule's inventory: run through `molecule verify`")
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    result = subprocess.run(
+        ["ansible-playbook", "-v", "--diff", "-i", inventory, str(REPO / "site.yml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=ANSIBLE_TIMEOUT_SECONDS,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return output
+
+
+def test_no_secret_in_verbose_ansible_output(ansible_verbose_output, secrets):
+    assert "PLAY RECAP" in ansible_verbose_output
+    assert secrets_in(ansible_verbose_output, secrets) == []
+
+
+@pytest.mark.parametrize("container", LAB_CONTAINERS)
+def test_no_secret_in_any_process_arguments_on_lab_hosts(container, secrets):
+    result = docker_exec(container, ["ps", "-eo", "args"])
+    assert result.returncode == 0, result.stderr
+    assert secrets_in(result.stdout, secrets) == []
+
+
+def test_no_secret_in_process_arguments_on_the_control_node(secrets):
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert secrets_in(processes, secrets) == []
+
+
+@pytest.mark.parametrize("container", LAB_CONTAINERS)
+def test_no_secret_in_the_whole_journal(container, secrets):
+    result = docker_exec(container, ["journalctl", "--no-pager", "-o", "cat"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip(), "empty journal: nothing was checked"
+    assert secrets_in(result.stdout, secrets) == []
+
+
+def test_no_secret_in_postgresql_logs(secrets):
+    result = docker_exec(POSTGRES_HOST, ["sh", "-c", "cat /var/log/postgresql/*.log"])
+    assert result.returncode == 0, result.stderr
+    assert secrets_in(result.stdout, secrets) == []
+
+
+WORLD_READABLE_ROOTS = {
+    "hx-postgres-server": ["/etc", "/var/lib/postgresql", "/var/log", "/tmp", "/var/tmp", "/root", "/home"],
+    "hx-litellm-server": ["/etc", "/opt", "/var/lib", "/var/log", "/tmp", "/var/tmp", "/root", "/home"],
+    "llm-upstream": ["/etc", "/opt", "/var/lib", "/var/log", "/tmp", "/var/tmp", "/root", "/home"],
+}
+
+
+@pytest.mark.parametrize("container", LAB_CONTAINERS)
+def test_no_secret_in_world_readable_files_on_lab_hosts(container, secrets):
+    assert world_readable_files_with_secrets(container, WORLD_READABLE_ROOTS[container], secrets) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "owner", "mode"),
+    [
+        ("/etc/postgresql/17/main/pg_hba.conf", "postgres:postgres", "640"),
+        ("/etc/postgresql/17/main/pg_ident.conf", "postgres:postgres", "640"),
+        ("/var/lib/postgresql/17/main", "postgres:postgres", "700"),
+    ],
+)
+def test_postgresql_access_files_are_private(path, owner, mode):
+    result = docker_exec(POSTGRES_HOST, ["stat", "-c", "%U:%G %a", path])
+    assert result.stdout.strip() == f"{owner} {mode}"
+
+
+def test_gateway_unit_file_is_root_owned_and_not_writable_by_others():
+    result = docker_exec(
+        "hx-litellm-server", ["stat", "-c", "%U:%G %a", "/etc/systemd/system/litellm-gateway.service"]
+    )
+    assert result.stdout.strip() == "root:root 644"
+
+
+def test_control_node_secret_files_are_private():
+    directory = LAB_DIR / "secrets"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = list(directory.iterdir())
+    assert files, "no lab secrets found"
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path.name} is readable by others"
+
+
+def test_no_lab_secret_in_tracked_files(secrets):
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    leaking = []
+    for name in filter(None, tracked):
+        path = REPO / name.decode()
+        if path.is_file():
+            data = path.read_bytes()
+            leaking += [f"{name.decode()}: {n}" for n, value in secrets.items() if value.encode() in data]
+    assert leaking == []
+
+
+def test_stub_exposure_is_at_most_3():
+    result = docker_exec(UPSTREAM_HOST, ["systemd-analyze", "security", "llm-stub.service", "--no-pager"])
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout).group(1))
+    print(f"systemd-analyze exposure of llm-stub: {exposure}")
+    assert exposure <= MAX_EXPOSURE
