@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import testinfra
@@ -147,14 +148,16 @@ for root in sys.argv[1:]:
 """
 
 
-def all_lab_secrets() -> dict[str, Secret]:
-    """Every generated lab secret, in each form it is written in (the URL form of the password too)."""
-    from urllib.parse import quote
+@pytest.fixture(scope="session")
+def secrets() -> dict[str, Secret]:
+    """Every generated lab secret, in each form it is written in (the URL form of the password too).
 
+    The master key file holds the part after "sk-", so searching for it finds the full key as well.
+    """
     names = ("db_password", "master_key", "upstream_api_key", "test_key", "poc_validation_key")
-    secrets = {name: lab_secret(name) for name in names}
-    secrets["db_password (URL-encoded)"] = Secret(quote(secrets["db_password"], safe=""))
-    return secrets
+    found = {name: lab_secret(name) for name in names}
+    found["db_password (URL-encoded)"] = Secret(quote(found["db_password"], safe=""))
+    return found
 
 
 def secrets_in(text: str, secrets: dict[str, Secret]) -> list[str]:

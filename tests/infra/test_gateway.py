@@ -16,10 +16,10 @@ from conftest import (
     GATEWAY_ADDRESS,
     GATEWAY_HOST,
     UPSTREAM_HOST,
-    Secret,
     docker_exec,
-    lab_secret,
+    secrets_in,
     sql_as_postgres,
+    world_readable_files_with_secrets,
 )
 
 SERVICE = "litellm-gateway"
@@ -46,43 +46,6 @@ except urllib.error.HTTPError as error:
     status, call_id = error.code, error.headers.get("x-litellm-call-id")
 print(json.dumps({"status": status, "call_id": call_id}))
 """
-
-# Lists world-readable regular files below the given roots that contain any of the
-# secrets read from stdin (one per line). Prints only paths.
-_SECRET_SCAN = """
-import os, stat, sys
-secrets = [line.rstrip("\\n").encode() for line in sys.stdin if line.strip()]
-for root in sys.argv[1:]:
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            try:
-                info = os.lstat(path)
-                if not stat.S_ISREG(info.st_mode) or not info.st_mode & stat.S_IROTH:
-                    continue
-                with open(path, "rb") as handle:
-                    data = handle.read()
-            except OSError:
-                continue
-            if any(secret in data for secret in secrets):
-                print(path)
-"""
-
-
-@pytest.fixture(scope="module")
-def secrets() -> dict[str, Secret]:
-    return {
-        "db_password": lab_secret("db_password"),
-        "master_key": Secret("sk-" + lab_secret("master_key")),
-        "upstream_api_key": lab_secret("upstream_api_key"),
-        "test_key": lab_secret("test_key"),
-        "poc_validation_key": lab_secret("poc_validation_key"),
-    }
-
-
-def contains_secret(text: str, secrets: dict[str, Secret]) -> list[str]:
-    """Names (never values) of the secrets that appear in text."""
-    return [name for name, value in secrets.items() if value in text]
 
 
 def chat(key: str, model: str = MODEL) -> dict[str, object]:
@@ -224,7 +187,7 @@ def test_env_file_has_the_contract_keys(gateway_host, secrets):
 
 def test_keys_file_holds_hashes_only(gateway_host, secrets):
     content = gateway_host.file("/etc/litellm/api_keys.json").content_string
-    assert not contains_secret(content, secrets)
+    assert not secrets_in(content, secrets)
     entries = {entry["alias"]: entry for entry in json.loads(content)["keys"]}
     assert set(entries) == {"TEST_KEY", "POC_VALIDATION_KEY"}
     assert entries["TEST_KEY"]["sha256"] == hashlib.sha256(secrets["test_key"].encode()).hexdigest()
@@ -236,22 +199,19 @@ def test_keys_file_holds_hashes_only(gateway_host, secrets):
 
 def test_no_secret_in_world_readable_files(secrets):
     roots = ["/etc", "/opt/litellm", "/var/lib/litellm", "/var/log/litellm"]
-    stdin = "".join(value + "\n" for value in secrets.values())
-    result = docker_exec(GATEWAY_HOST, ["python3", "-c", _SECRET_SCAN, *roots], stdin=stdin)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == []
+    assert world_readable_files_with_secrets(GATEWAY_HOST, roots, secrets) == []
 
 
 def test_no_secret_in_unit_properties_or_process_arguments(gateway_host, secrets):
     show = gateway_host.check_output(f"systemctl show {SERVICE}")
     processes = gateway_host.check_output("ps -eo args")
-    assert contains_secret(show, secrets) == []
-    assert contains_secret(processes, secrets) == []
+    assert secrets_in(show, secrets) == []
+    assert secrets_in(processes, secrets) == []
 
 
 def test_no_secret_in_the_journal(gateway_host, secrets, smoke_requests):
     journal = gateway_host.check_output(f"journalctl -u {SERVICE} --no-pager -o cat")
-    assert contains_secret(journal, secrets) == []
+    assert secrets_in(journal, secrets) == []
 
 
 # -- the database and the request log -------------------------------------------------------
@@ -292,7 +252,7 @@ def test_logged_keys_are_aliases_not_keys(smoke_requests, secrets):
     row = sql_as_postgres(f"SELECT api_key, user_id FROM requests WHERE request_id = '{call_id}'")
     assert row == "TEST_KEY|poc-tester"
     dump = sql_as_postgres("SELECT string_agg(coalesce(api_key, ''), ' ') FROM requests")
-    assert contains_secret(dump, secrets) == []
+    assert secrets_in(dump, secrets) == []
 
 
 # -- the lab's upstream stub -------------------------------------------------------------------

@@ -22,7 +22,6 @@ from conftest import (
     POSTGRES_HOST,
     REPO,
     UPSTREAM_HOST,
-    all_lab_secrets,
     docker_exec,
     secrets_in,
     world_readable_files_with_secrets,
@@ -30,11 +29,6 @@ from conftest import (
 
 MAX_EXPOSURE = 3.0
 ANSIBLE_TIMEOUT_SECONDS = 900
-
-
-@pytest.fixture(scope="module")
-def secrets():
-    return all_lab_secrets()
 
 
 @pytest.fixture(scope="module")
