@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Push N log records through LogWriter into PostgreSQL and print the rates.
 
-Phases: (1) direct: submit() as fast as possible, then flush; each request arrives as two halves
-(HTTP status, then token usage), like in the gateway. (2) replay: the same number of requests
+Phases: (1) submit: the request-path cost alone, submit() (clean, journal write, enqueue) with
+the writer thread idle (no batch is due before the loop ends), then stop() writes everything.
+(2) direct: submit() as fast as possible, then flush; each request arrives as two halves
+(HTTP status, then token usage), like in the gateway. (3) replay: the same number of requests
 spooled while PostgreSQL is "down" (a port nobody listens on), then replayed by a new writer.
 
 Database: --db-url, else $LITELLM_DB_URL, else a throwaway cluster (tests/gateway/pgcluster.py).
@@ -62,6 +64,25 @@ def count_rows(url: str, run: str) -> int:
         count = connection.execute(query).scalar_one()
     engine.dispose()
     return count
+
+
+def submit_phase(settings: Settings, run: str, requests: int) -> None:
+    records = list(halves(run, requests, offset=2 * requests))
+    idle = {"flush_interval": 3600.0, "batch_size": len(records) + 1, "queue_max": len(records) + 1}
+    writer = LogWriter(Settings(**{**settings.__dict__, **idle}))
+    writer.start()
+    started = time.perf_counter()
+    for record in records:
+        writer.submit(record)
+    submitted = time.perf_counter()
+    journal_bytes = sum(path.stat().st_size for path in settings.spool_dir.glob("journal-*.jsonl"))
+    writer.stop(600)
+    print(
+        f"submit: {len(records)} records, submit() {len(records) / (submitted - started):,.0f} records/s "
+        f"({(submitted - started) / len(records) * 1e6:.1f} us each) with the writer thread idle; "
+        f"journal {journal_bytes / 1e6:.1f} MB"
+    )
+    print(f"submit: stats {writer.stats()}")
 
 
 def direct_phase(settings: Settings, run: str, requests: int) -> None:
@@ -142,10 +163,11 @@ def main() -> int:
                 flush_interval=args.flush_interval,
                 queue_max=args.queue_max,
             )
+            submit_phase(settings, run, args.requests)
             direct_phase(settings, run, args.requests)
             if not args.skip_replay:
                 replay_phase(settings, run, args.requests)
-        expected = args.requests * (1 if args.skip_replay else 2)
+        expected = args.requests * (2 if args.skip_replay else 3)
         print(f"rows in requests for this run: {count_rows(url, run)} (expected {expected})")
     finally:
         if cluster is not None:

@@ -12,6 +12,7 @@ import pytest
 from proxy_harness import Gateway, LogReader, Stub, chat_body, migrated_database
 
 SPOOL_WAIT_SECONDS = 60
+MIDDLEWARE_SUBMIT_GRACE_SECONDS = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,32 @@ def test_gateway_restart_replays_a_non_empty_spool(gateway, logged, postgres, st
     while gateway.spooled_request_ids() & spooled:
         assert time.monotonic() < deadline, "replayed spool files were not removed"
         time.sleep(0.2)
+
+
+@pytest.fixture
+def idle_writer_gateway(tmp_path, database_url) -> Iterator[Gateway]:
+    """A gateway whose writer holds every record in memory for 30 s: a kill finds them all there."""
+    stub = Stub(tmp_path).start()
+    gateway = Gateway(tmp_path, stub, database_url, extra_env={"LITELLM_PGLOG_FLUSH_INTERVAL": "30"})
+    try:
+        yield gateway.start()
+    finally:
+        gateway.stop()
+        stub.stop()
+
+
+def test_sigkill_with_records_in_memory_loses_no_answered_request(idle_writer_gateway, logged):
+    gateway = idle_writer_gateway
+    answered = send_chats(gateway, 40, concurrency=8)
+    request_ids = {request_id for _, request_id in answered}
+    # The middleware submits a record just after the response's last byte left: let it get there.
+    time.sleep(MIDDLEWARE_SUBMIT_GRACE_SECONDS)
+    gateway.stop(signal.SIGKILL)
+    assert logged.count_per_request_id(request_ids) == {}, "the records were meant to be in memory only"
+    gateway.extra_env = {}  # the next process replays at once, with the harness's flush interval
+    gateway.start()
+
+    assert {status for status, _ in answered} == {200}
+    rows = logged.wait_for(request_ids, timeout=90)
+    assert {row["status_code"] for row in rows.values()} == {200}
+    assert set(logged.count_per_request_id(request_ids).values()) == {1}

@@ -4,36 +4,80 @@ Every writer appends to a file of its own (process id and a token in the name) a
 exclusive flock on it while it appends, so several uvicorn workers never interleave lines and
 a replayer never reads a file that is still growing. Files left by a previous process carry
 no lock and are claimed by the first writer that replays them.
+
+Journals (``journal-*.jsonl``) are write-ahead copies of the records a writer still holds in
+memory, so that a process killed with SIGKILL loses none of them: see ``Journal``. While their
+owner lives they are locked like its spool file; once it is gone they are replayed like any
+spool file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from litellm_pglog.records import LogRecord
 
 log = logging.getLogger("litellm_pglog")
 
-SPOOL_GLOB = "pglog-*.jsonl"
+SPOOL_PREFIX = "pglog-"
+JOURNAL_PREFIX = "journal-"
+SPOOL_GLOB = f"{SPOOL_PREFIX}*.jsonl"
+JOURNAL_GLOB = f"{JOURNAL_PREFIX}*.jsonl"
+REPLAYABLE_GLOBS = (SPOOL_GLOB, JOURNAL_GLOB)
 REJECTED_PREFIX = "rejected-"
+# A journal is retired at this size or age; it is deleted once all its records are settled.
+JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
+JOURNAL_ROTATE_SECONDS = 2.0
+
+
+RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(LogRecord))
 
 
 def encode_line(record: LogRecord) -> bytes:
+    """``record.to_json_dict()`` as one JSON line, without its deep copy: submit() runs this."""
+    data = {name: getattr(record, name) for name in RECORD_FIELDS}
+    if record.created_at is not None:
+        data["created_at"] = record.created_at.isoformat()
     # ensure_ascii keeps every line pure ASCII, whatever the record holds (lone surrogates included).
-    return json.dumps(record.to_json_dict(), separators=(",", ":")).encode("ascii") + b"\n"
+    return json.dumps(data, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _create_locked(directory: Path, prefix: str) -> tuple[int, Path]:
+    """A new append-only file of this process, flocked before replayers can see its name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{prefix}{os.getpid()}-{time.time_ns():x}.jsonl"
+    # Locked before it gets a name replayers look for, so none can claim it while it is empty.
+    hidden = directory / f".{name}.new"
+    fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o640)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    path = directory / name
+    hidden.rename(path)
+    return fd, path
+
+
+def _creation_order(path: Path) -> str:
+    # Names end in time_ns() as fixed-width hex: older records replay first, later values win.
+    return path.stem.rsplit("-", 1)[-1]
+
+
+def _replayable_files(directory: Path) -> Iterator[Path]:
+    for pattern in REPLAYABLE_GLOBS:
+        yield from directory.glob(pattern)
 
 
 class ClaimedFile:
@@ -115,11 +159,11 @@ class Spool:
             self._path = None
 
     def has_files(self) -> bool:
-        return any(self.directory.glob(SPOOL_GLOB))
+        return any(_replayable_files(self.directory))
 
     def claim_files(self) -> Iterator[ClaimedFile]:
-        """Lock and yield every spool file that no live writer is appending to."""
-        for path in sorted(self.directory.glob(SPOOL_GLOB)):
+        """Lock and yield every spool file and journal that no live writer holds."""
+        for path in sorted(_replayable_files(self.directory), key=_creation_order):
             if path == self._path:
                 continue
             try:
@@ -137,9 +181,12 @@ class Spool:
             yield ClaimedFile(path, fd)
 
     def refresh_size(self) -> int:
-        """Re-measure the directory: other processes add to it and replays shrink it."""
+        """Re-measure the directory: other processes add to it and replays shrink it.
+
+        Journals count too, those of live writers included: the bound is on the disk space used.
+        """
         total = 0
-        for path in self.directory.glob(SPOOL_GLOB):
+        for path in _replayable_files(self.directory):
             try:
                 total += path.stat().st_size
             except FileNotFoundError:
@@ -161,19 +208,114 @@ class Spool:
 
     def _active_fd(self) -> int:
         if self._fd is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            name = f"pglog-{os.getpid()}-{time.time_ns():x}.jsonl"
-            # Locked before it gets a name replayers look for, so none can claim it while it is empty.
-            hidden = self.directory / f".{name}.new"
-            fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o640)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            path = self.directory / name
-            hidden.rename(path)
-            self._fd, self._path = fd, path
-            log.info("spooling log records to %s", path)
+            self._fd, self._path = _create_locked(self.directory, SPOOL_PREFIX)
+            log.info("spooling log records to %s", self._path)
         return self._fd
 
     def _sync_locked(self) -> None:
         if self._fd is not None and self._unsynced:
             os.fsync(self._fd)
             self._unsynced = False
+
+
+class JournalFile:
+    """One journal: the records appended to it and how many of them are not settled yet."""
+
+    def __init__(self, directory: Path) -> None:
+        self.fd, self.path = _create_locked(directory, JOURNAL_PREFIX)
+        self.opened_at = time.monotonic()
+        self.size = 0
+        self.unsettled = 0
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+class Journal:
+    """Write-ahead copies of submitted records, so that a killed process loses none of them.
+
+    ``append()`` writes one line before the record is queued in memory: one write(2) on an
+    O_APPEND file, no fsync, since the kernel's page cache survives the death of the process
+    (not the death of the machine; the in-memory queue does not either). The writer thread
+    calls ``rotate()`` to retire the active file when it is old enough (``append()`` retires it
+    when it is big enough), and a retired file is deleted once every record in it is settled:
+    written to PostgreSQL, moved into the spool, rejected or dropped. Each file stays flocked
+    until deleted, so no other process replays it while its owner lives; a killed owner's files
+    are claimed by ``Spool.claim_files()`` like spool files.
+
+    Space: journals are not checked against the spool bound when appended to (a record in memory
+    is better off with its copy on disk), but they are short-lived, a rotation period or the
+    in-memory queue at most, and ``Spool.refresh_size()`` counts them like spool files.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        rotate_bytes: int = JOURNAL_ROTATE_BYTES,
+        rotate_seconds: float = JOURNAL_ROTATE_SECONDS,
+    ) -> None:
+        self.directory = directory
+        self._rotate_bytes = rotate_bytes
+        self._rotate_seconds = rotate_seconds
+        self._lock = threading.Lock()
+        self._active: JournalFile | None = None
+        self._retired: list[JournalFile] = []
+        self._closed = False
+
+    def append(self, line: bytes) -> JournalFile | None:
+        """Journal one record; the file must be passed to ``settle()`` once the record is settled."""
+        with self._lock:
+            if self._closed:
+                return None
+            active = self._active
+            if active is None or active.size >= self._rotate_bytes:
+                if active is not None:
+                    self._retired.append(active)
+                active = self._active = JournalFile(self.directory)
+            _write_all(active.fd, line)
+            active.size += len(line)
+            active.unsettled += 1
+            return active
+
+    def settle(self, files: Iterable[JournalFile | None]) -> None:
+        counts = Counter(file for file in files if file is not None)
+        if not counts:
+            return
+        with self._lock:
+            for file, amount in counts.items():
+                file.unsettled -= amount
+            done = self._take_settled()
+        for file in done:
+            file.remove()
+
+    def rotate(self) -> None:
+        """Retire the active file once old enough; delete retired files whose records are settled."""
+        now = time.monotonic()
+        with self._lock:
+            active = self._active
+            if active is not None and now - active.opened_at >= self._rotate_seconds:
+                self._retired.append(active)
+                self._active = None
+            done = self._take_settled()
+        for file in done:
+            file.remove()
+
+    def close(self) -> None:
+        """Delete the files whose records are settled; unlock the others for the next replayer."""
+        with self._lock:
+            self._closed = True
+            files = self._retired + ([self._active] if self._active is not None else [])
+            self._active, self._retired = None, []
+        for file in files:
+            if file.unsettled <= 0:
+                file.remove()
+            else:
+                log.warning("journal %s keeps %d record(s) for replay", file.path.name, file.unsettled)
+                os.close(file.fd)
+
+    def _take_settled(self) -> list[JournalFile]:
+        done = [file for file in self._retired if file.unsettled <= 0]
+        if done:
+            self._retired = [file for file in self._retired if file.unsettled > 0]
+        return done

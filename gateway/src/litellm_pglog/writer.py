@@ -1,10 +1,12 @@
 """Background batch writer: LogRecords -> PostgreSQL, with a durable spool while it is unreachable.
 
-Request handlers call ``submit()``, which only appends to a bounded in-memory queue. A daemon
-thread upserts the queue in batches, one transaction per batch. When PostgreSQL is down or
-refuses, batches go to the spool (fsync per batch) and are replayed once it answers again, or by
-the next process that starts. Upserts keyed on request_id make replays and split records
-(HTTP status from the middleware, tokens from the LiteLLM callback) converge on one row each.
+Request handlers call ``submit()``, which appends the record to the journal (one write, see
+``spool.Journal``: what a killed process held in memory is replayed by the next one) and to a
+bounded in-memory queue. A daemon thread upserts the queue in batches, one transaction per
+batch. When PostgreSQL is down or refuses, batches go to the spool (fsync per batch) and are
+replayed once it answers again, or by the next process that starts. Upserts keyed on request_id
+make replays and split records (HTTP status from the middleware, tokens from the LiteLLM
+callback) converge on one row each.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from litellm_pglog.db import describe_db_error, make_engine, safe_url
 from litellm_pglog.models import Request, Response
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError, load_settings
-from litellm_pglog.spool import Spool, encode_line
+from litellm_pglog.spool import Journal, JournalFile, Spool, encode_line
 
 log = logging.getLogger("litellm_pglog")
 
@@ -49,6 +51,9 @@ MAX_CHARS = {
     if isinstance(column.type, String) and column.type.length
 } | {"error_message": ERROR_MESSAGE_MAX_CHARS}
 INT_FIELDS = ("status_code", "prompt_tokens", "completion_tokens", "total_tokens")
+
+# A queued record: its sequence number, the record, the journal file holding its copy.
+Queued = tuple[int, LogRecord, JournalFile | None]
 
 
 class _Metrics:
@@ -217,7 +222,9 @@ class LogWriter:
         self._settings = settings
         self._engine = engine
         self._spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-        self._queue: deque[tuple[int, LogRecord]] = deque()
+        self._journal = Journal(settings.spool_dir)
+        self._journal_failing = False
+        self._queue: deque[Queued] = deque()
         self._cond = threading.Condition()
         self._counts = dict.fromkeys(
             ("submitted", "written", "spooled", "replayed", "dropped", "rejected", "db_errors"), 0
@@ -225,7 +232,7 @@ class LogWriter:
         self._last_queued = 0
         self._settled = 0
         self._flush_waiters = 0
-        self._inflight: list[tuple[int, LogRecord]] = []
+        self._inflight: list[Queued] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._down_since: float | None = None
@@ -244,24 +251,27 @@ class LogWriter:
         self._thread.start()
 
     def submit(self, record: LogRecord) -> None:
-        """Queue a record; never blocks on the database and never raises."""
+        """Journal and queue a record; never blocks on the database and never raises."""
         try:
             cleaned = clean_record(record)
         except Exception as exc:  # a logging add-on must not fail the request
             self._count("submitted")
             self._drop(1, f"unusable record ({exc})")
             return
+        # When stopping, the record goes to the spool and its fsync at once: no journal needed.
+        journal_file = None if self._stopping else self._journal_record(cleaned)
         with self._cond:
             self._counts["submitted"] += 1
             if len(self._queue) < self._settings.queue_max and not self._stopping:
                 self._last_queued += 1
-                self._queue.append((self._last_queued, cleaned))
+                self._queue.append((self._last_queued, cleaned, journal_file))
                 if len(self._queue) >= self._settings.batch_size:
                     self._cond.notify_all()
                 return
         # Queue full (PostgreSQL slower than the traffic) or stopping: straight to the spool,
         # fsynced when the writer thread seals the file for replay, by flush(), at once when stopping.
         self._spool_records([cleaned], sync=self._stopping)
+        self._journal.settle([journal_file])
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far is in PostgreSQL or in the (fsynced) spool."""
@@ -293,12 +303,14 @@ class LogWriter:
             # The thread is stuck on the database (or never ran): spool what it still holds.
             # Should it finish its batch after all, the upsert makes the second copy harmless.
             with self._cond:
-                left = [record for _, record in self._inflight + list(self._queue)]
+                left = self._inflight + list(self._queue)
                 self._queue.clear()
                 self._settled = self._last_queued
                 self._cond.notify_all()
-            self._spool_records(left, sync=True)
+            self._spool_records([record for _, record, _ in left], sync=True)
+            self._journal.settle(journal_file for _, _, journal_file in left)
         self._spool.seal()
+        self._journal.close()
         if self._owns_engine and not (self._thread and self._thread.is_alive()):
             self._engine.dispose()
         METRICS.set_queue_depth(0)
@@ -323,16 +335,17 @@ class LogWriter:
         batch = self._next_batch()
         if batch:
             try:
-                self._handle([record for _, record in batch])
+                self._handle([record for _, record, _ in batch])
             finally:
                 self._settle(batch)
         elif self._stopping:
             return False
+        self._journal.rotate()
         if not self._stopping and self._replay_due():
             self._replay_spool()
         return True
 
-    def _next_batch(self) -> list[tuple[int, LogRecord]]:
+    def _next_batch(self) -> list[Queued]:
         with self._cond:
             filling = len(self._queue) < self._settings.batch_size and not self._flush_waiters
             if not self._stopping and (not self._queue or filling):
@@ -342,7 +355,8 @@ class LogWriter:
             METRICS.set_queue_depth(len(self._queue))
             return self._inflight
 
-    def _settle(self, batch: list[tuple[int, LogRecord]]) -> None:
+    def _settle(self, batch: list[Queued]) -> None:
+        self._journal.settle(journal_file for _, _, journal_file in batch)
         with self._cond:
             self._settled = max(self._settled, batch[-1][0])
             self._inflight = []
@@ -445,6 +459,19 @@ class LogWriter:
         self._replay_wanted = True
 
     # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _journal_record(self, record: LogRecord) -> JournalFile | None:
+        try:
+            journal_file = self._journal.append(encode_line(record))
+        except Exception as exc:  # e.g. disk full: the record is still queued, only a crash loses it
+            if not self._journal_failing:
+                self._journal_failing = True
+                log.error("cannot write the journal in %s: %s", self._journal.directory, exc)
+            return None
+        if self._journal_failing:
+            self._journal_failing = False
+            log.warning("writing the journal in %s again", self._journal.directory)
+        return journal_file
 
     def _spool_records(self, records: list[LogRecord], sync: bool) -> None:
         if not records:
