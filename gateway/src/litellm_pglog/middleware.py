@@ -114,6 +114,8 @@ class ResponseObserver:
     """Collects status, usage and errors from the response messages without altering them."""
 
     record: LogRecord
+    started: float = field(default_factory=time.perf_counter)
+    submitted: bool = False
     complete: bool = False
     is_sse: bool = False
     body: bytearray = field(default_factory=bytearray)
@@ -241,7 +243,6 @@ class RequestLogMiddleware:
     # -- logged requests ----------------------------------------------------------------------
 
     async def _logged_request(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         request_id = str(uuid.uuid4())
         record = LogRecord(
             request_id=request_id,
@@ -262,8 +263,8 @@ class RequestLogMiddleware:
             record.error_message = record.error_message or str(exc)[:MAX_ERROR_MESSAGE_CHARS]
             raise
         finally:
-            record.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-            _submit(observer)
+            if not observer.submitted:
+                _submit(observer)
 
     @staticmethod
     def _identify_caller(scope: Scope, record: LogRecord) -> None:
@@ -316,8 +317,7 @@ class RequestLogMiddleware:
         async def observe_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = _ensure_call_id(message, record.request_id)
-            _observe(observer, message)
-            await send(message)
+            await _send_observed(observer, send, message)
 
         async def watch_for_disconnect() -> None:
             # The body is fully read, so the server's next message is http.disconnect: when the
@@ -363,8 +363,16 @@ class RequestLogMiddleware:
             ],
         }
         for message in (start, {"type": "http.response.body", "body": data, "more_body": False}):
-            _observe(observer, message)
-            await send(message)
+            await _send_observed(observer, send, message)
+
+
+async def _send_observed(observer: ResponseObserver, send: Send, message: Message) -> None:
+    _observe(observer, message)
+    if observer.complete and not observer.submitted:
+        # Submitted before the last byte leaves, so a process killed right after answering
+        # still has the record (the writer journals it on submit).
+        _submit(observer)
+    await send(message)
 
 
 def _expects_continue(scope: Scope) -> bool:
@@ -393,6 +401,8 @@ def _observe(observer: ResponseObserver, message: Message) -> None:
 
 
 def _submit(observer: ResponseObserver) -> None:
+    observer.submitted = True
+    observer.record.latency_ms = round((time.perf_counter() - observer.started) * 1000, 3)
     try:
         observer.finish()
         get_writer().submit(observer.record)
