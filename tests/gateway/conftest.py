@@ -4,6 +4,8 @@
 `.restart()`, `.url_for(database, password=..., port=...)`.
 `pg_url` (function): URL of a new empty database owned by litellm_user, dropped afterwards.
 `migrated_url` (function): like pg_url, with the schema upgraded to head.
+`database_url` / `logged` (module): one migrated database and a reader of its log rows,
+shared by the tests of a proxy test module.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgcluster import PgCluster  # noqa: E402 - the helper lives next to this file
+from proxy_harness import LogReader, migrated_database  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +48,16 @@ def migrated_url(pg_url: str) -> str:
 
     upgrade_schema(pg_url)
     return pg_url
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_cluster: PgCluster) -> Iterator[str]:
+    with migrated_database(pg_cluster) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def logged(database_url: str) -> Iterator[LogReader]:
+    reader = LogReader(database_url)
+    yield reader
+    reader.dispose()

@@ -264,6 +264,18 @@ def chat_body(content: str = "hello gateway", model: str = CHAT_MODEL, **extra) 
 
 
 @contextmanager
+def running_gateway(workdir: Path, database_url: str, **options) -> Iterator[Gateway]:
+    """A started stub and a started gateway in front of it; both stopped afterwards."""
+    stub = Stub(workdir).start()
+    gateway = Gateway(workdir, stub, database_url, **options)
+    try:
+        yield gateway.start()
+    finally:
+        gateway.stop()
+        stub.stop()
+
+
+@contextmanager
 def migrated_database(cluster) -> Iterator[str]:
     """A new database on the test cluster (``pgcluster.PgCluster``) with the schema at head."""
     from litellm_pglog.schema import upgrade_schema

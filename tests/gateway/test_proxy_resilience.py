@@ -9,34 +9,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from proxy_harness import Gateway, LogReader, Stub, chat_body, migrated_database
+from proxy_harness import Gateway, LogReader, chat_body, running_gateway
 
 SPOOL_WAIT_SECONDS = 60
 
 
 @pytest.fixture(scope="module")
-def database_url(pg_cluster) -> Iterator[str]:
-    with migrated_database(pg_cluster) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory, database_url) -> Iterator[Gateway]:
-    workdir = tmp_path_factory.mktemp("gateway-resilience")
-    stub = Stub(workdir).start()
-    gateway = Gateway(workdir, stub, database_url)
-    try:
-        yield gateway.start()
-    finally:
-        gateway.stop()
-        stub.stop()
-
-
-@pytest.fixture(scope="module")
-def logged(database_url) -> Iterator[LogReader]:
-    reader = LogReader(database_url)
-    yield reader
-    reader.dispose()
+    with running_gateway(tmp_path_factory.mktemp("gateway-resilience"), database_url) as gateway:
+        yield gateway
 
 
 @pytest.fixture
@@ -132,13 +113,8 @@ def test_gateway_restart_replays_a_non_empty_spool(gateway, logged, postgres, st
 @pytest.fixture
 def idle_writer_gateway(tmp_path, database_url) -> Iterator[Gateway]:
     """A gateway whose writer holds every record in memory for 30 s: a kill finds them all there."""
-    stub = Stub(tmp_path).start()
-    gateway = Gateway(tmp_path, stub, database_url, extra_env={"LITELLM_PGLOG_FLUSH_INTERVAL": "30"})
-    try:
-        yield gateway.start()
-    finally:
-        gateway.stop()
-        stub.stop()
+    with running_gateway(tmp_path, database_url, extra_env={"LITELLM_PGLOG_FLUSH_INTERVAL": "30"}) as gateway:
+        yield gateway
 
 
 def test_sigkill_with_records_in_memory_loses_no_answered_request(idle_writer_gateway, logged):

@@ -10,43 +10,15 @@ import httpx
 import pytest
 from litellm_pglog.models import Request
 from litellm_pglog.settings import Settings
-from proxy_harness import (
-    CHAT_MODEL,
-    ERROR_MODEL,
-    SLOW_MODEL,
-    Gateway,
-    LogReader,
-    Stub,
-    chat_body,
-    migrated_database,
-)
+from proxy_harness import CHAT_MODEL, ERROR_MODEL, SLOW_MODEL, Gateway, LogReader, chat_body, running_gateway
 
 MAX_BODY_BYTES = Settings().max_body_bytes  # the proxy runs with the default limit
 
 
 @pytest.fixture(scope="module")
-def database_url(pg_cluster) -> Iterator[str]:
-    with migrated_database(pg_cluster) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory, database_url) -> Iterator[Gateway]:
-    workdir = tmp_path_factory.mktemp("gateway")
-    stub = Stub(workdir).start()
-    gateway = Gateway(workdir, stub, database_url)
-    try:
-        yield gateway.start()
-    finally:
-        gateway.stop()
-        stub.stop()
-
-
-@pytest.fixture(scope="module")
-def logged(database_url) -> Iterator[LogReader]:
-    reader = LogReader(database_url)
-    yield reader
-    reader.dispose()
+    with running_gateway(tmp_path_factory.mktemp("gateway"), database_url) as gateway:
+        yield gateway
 
 
 def call_id(response: httpx.Response) -> str:

@@ -6,25 +6,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from proxy_harness import Gateway, LogReader, Stub, chat_body, migrated_database
-
-
-@pytest.fixture(scope="module")
-def database_url(pg_cluster) -> Iterator[str]:
-    with migrated_database(pg_cluster) as url:
-        yield url
+from proxy_harness import Gateway, LogReader, chat_body, running_gateway
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, database_url) -> Iterator[Gateway]:
-    workdir = tmp_path_factory.mktemp("gateway-workers")
-    stub = Stub(workdir).start()
-    gateway = Gateway(workdir, stub, database_url, workers=2)
-    try:
-        yield gateway.start()
-    finally:
-        gateway.stop()
-        stub.stop()
+    with running_gateway(tmp_path_factory.mktemp("gateway-workers"), database_url, workers=2) as gateway:
+        yield gateway
 
 
 def test_two_workers_load_the_config_and_log_every_request_once(gateway, database_url):
