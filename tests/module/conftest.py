@@ -7,7 +7,6 @@ and database litellm_db; `.url`, `.base` (Unix socket directory, superuser by tr
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,7 @@ from pgcluster import PgCluster  # noqa: E402 - found through the path added abo
 
 
 @pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[PgCluster]:
-    cluster = PgCluster().create()
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
+def pg_cluster(request: pytest.FixtureRequest) -> PgCluster:
+    cluster = PgCluster()
+    request.addfinalizer(cluster.destroy)  # also when create() fails half-way
+    return cluster.create()
