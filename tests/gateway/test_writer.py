@@ -17,7 +17,7 @@ from litellm_pglog.db import make_engine
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS
 from litellm_pglog.models import Request, Response
 from litellm_pglog.records import LogRecord
-from litellm_pglog.settings import Settings
+from litellm_pglog.settings import Settings, SettingsError, load_settings
 from litellm_pglog.sink import write_records
 from litellm_pglog.spool import SPOOL_GLOB, encode_line
 from litellm_pglog.writer import LogWriter
@@ -397,7 +397,8 @@ def test_full_spool_drops_counts_and_logs_an_error(make_writer, down_url, spool_
     assert {reason for _, reason in lost} == {"spool full (2000 bytes)"}
     # Whatever was not dropped is in the spool, once: nothing vanished without a count.
     kept = [line["request_id"] for line in spooled_lines(spool_dir)]
-    assert stats["spooled"] == len(kept) == len(set(kept)) == counter("pglog_records_spooled") - spooled_before
+    assert len(kept) == len(set(kept))
+    assert stats["spooled"] == len(kept) == counter("pglog_records_spooled") - spooled_before
     assert stats["spooled"] + stats["dropped"] == 50
 
 
@@ -517,3 +518,10 @@ def test_prometheus_counters_follow_the_writer(make_writer, migrated_url):
 
     assert counter("pglog_rows_written") == before + 7 == before + len(stored(migrated_url))
     assert REGISTRY.get_sample_value("pglog_queue_depth") == 0
+
+
+def test_database_timeout_setting_defaults_to_the_former_connect_timeout():
+    assert load_settings({}).db_timeout_seconds == 5.0
+    assert load_settings({"LITELLM_PGLOG_DB_TIMEOUT_SECONDS": "2.5"}).db_timeout_seconds == 2.5
+    with pytest.raises(SettingsError, match="LITELLM_PGLOG_DB_TIMEOUT_SECONDS"):
+        load_settings({"LITELLM_PGLOG_DB_TIMEOUT_SECONDS": "0"})
