@@ -20,6 +20,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 
 from litellm_pglog.limits import (
+    DB_TIMEOUT_SECONDS,
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE_SECONDS,
     KEEPALIVE_INTERVAL_SECONDS,
@@ -29,9 +30,6 @@ from litellm_pglog.limits import (
     POOL_SIZE,
     POOL_TIMEOUT_SECONDS,
 )
-
-# Connecting: the default of Settings.db_timeout_seconds, for callers without settings (db_init).
-DEFAULT_TIMEOUT_SECONDS = 5.0
 
 
 def safe_url(url: str | URL | None) -> str:
@@ -83,14 +81,14 @@ def _psycopg2_timeouts(timeout: float, statement_timeout: float | None) -> dict[
 
 def make_engine(
     url: str | URL,
-    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    timeout: float = DB_TIMEOUT_SECONDS,
     statement_timeout: float | None = None,
     **options: Any,
 ) -> Engine:
     """A PostgreSQL engine with a bounded pool that drops dead connections before use.
 
-    ``timeout`` bounds connecting; ``statement_timeout`` (server side) each statement. Schema
-    migrations leave the latter unset: they may legitimately run long.
+    ``timeout`` bounds connecting and unacknowledged sends; ``statement_timeout`` (enforced by
+    the server) each statement. Schema migrations leave the latter unset: they may run long.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
@@ -130,7 +128,10 @@ class CallDeadline:
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        """Run the block with the deadline armed."""
+        """Run the block with the deadline armed.
+
+        One timer thread per call: the writer makes a few calls per second, each a batch.
+        """
         done = threading.Event()
         timer = threading.Timer(self.seconds, self._cut, args=(done,))
         timer.daemon = True

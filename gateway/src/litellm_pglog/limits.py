@@ -33,6 +33,11 @@ SPOOL_SCAN_SECONDS = 30.0
 JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
 JOURNAL_ROTATE_SECONDS = 2.0
 
+# ---- the database connection --------------------------------------------------------------
+# Default of Settings.db_timeout_seconds (LITELLM_PGLOG_DB_TIMEOUT_SECONDS): the bound on
+# connecting and on any one database call of the writer; also db_init's connect timeout.
+DB_TIMEOUT_SECONDS = 5.0
+
 # ---- the connection pool --------------------------------------------------------------------
 POOL_SIZE = 2
 POOL_MAX_OVERFLOW = 1

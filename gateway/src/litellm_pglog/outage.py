@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from litellm_pglog.limits import FIRST_RETRY_SECONDS, SPOOL_SCAN_SECONDS
 
@@ -17,7 +18,7 @@ log = logging.getLogger("litellm_pglog")
 class OutageState:
     """Down/up transitions (logged once each), exponential retry backoff, replay schedule."""
 
-    def __init__(self, retry_max_seconds: float, where: str, spool_directory: object) -> None:
+    def __init__(self, retry_max_seconds: float, where: str, spool_directory: Path) -> None:
         self._retry_max = retry_max_seconds
         self._where = where  # the database, password masked, for the log lines
         self._spool_directory = spool_directory

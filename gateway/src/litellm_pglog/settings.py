@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from litellm_pglog.limits import DB_TIMEOUT_SECONDS
+
 
 class SettingsError(ValueError):
     """A setting in the environment has a value this package cannot use."""
@@ -35,7 +37,7 @@ class Settings:
     retry_max_seconds: float = 10.0
     # Bound on connecting and on any one database call: a PostgreSQL that hangs instead of
     # refusing is treated as down after this long (see db.CallDeadline).
-    db_timeout_seconds: float = 5.0
+    db_timeout_seconds: float = DB_TIMEOUT_SECONDS
 
 
 def _positive(environ: Mapping[str, str], name: str, default: int | float, kind: type) -> int | float:

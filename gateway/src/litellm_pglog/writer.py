@@ -96,7 +96,7 @@ class LogWriter:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread is None or self._thread.is_alive():
             # The thread is stuck on the database (or never ran): spool what it still holds.
-            self._keep_on_disk(self._queue.drain(), sync=True)
+            self._spool_left(self._queue.drain())
         self._store.close()
         if self._owns_engine and not (self._thread and self._thread.is_alive()):
             self._sink.engine.dispose()
@@ -165,6 +165,6 @@ class LogWriter:
         self._metrics.count("db_errors")
         self._outage.mark_down(describe_db_error(exc, self._sink.engine.url))
 
-    def _keep_on_disk(self, left: list[Queued], sync: bool) -> None:
-        self._store.spool_records([queued.record for queued in left], sync=sync)
+    def _spool_left(self, left: list[Queued]) -> None:
+        self._store.spool_records([queued.record for queued in left], sync=True)
         self._store.settle(queued.journal_file for queued in left)
