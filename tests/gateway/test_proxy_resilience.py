@@ -1,4 +1,4 @@
-"""PostgreSQL outages and gateway restarts: every answered request ends up logged exactly once."""
+"""PostgreSQL outages (refusing or hanging) and gateway restarts: every answered request is logged once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 from proxy_harness import Gateway, LogReader, chat_body, running_gateway
+from stall_proxy import StallingProxy
 
 SPOOL_WAIT_SECONDS = 60
 # "PostgreSQL down never blocks a request", as a correctness bound, not a benchmark: a chat
@@ -121,6 +122,43 @@ def test_postgres_outage_mid_traffic_loses_and_duplicates_nothing(gateway, logge
     # The outage path really ran: records went through the spool and the writer saw the recovery.
     wait_for_log_line(gateway, "PostgreSQL reachable again", log_start)
     assert gateway.metrics()["pglog_records_spooled_total"] > spooled_before
+
+
+@pytest.fixture
+def hung_database(pg_cluster, database_url) -> Iterator[tuple[StallingProxy, str]]:
+    """The test database behind a proxy that can stall, and the URL that goes through it."""
+    with StallingProxy(pg_cluster.port) as proxy:
+        yield proxy, pg_cluster.url_for(database_url.rsplit("/", 1)[1], port=proxy.port)
+
+
+def test_hung_postgres_never_blocks_answers_and_loses_nothing(tmp_path, hung_database, logged):
+    proxy, url = hung_database
+    # 2 s instead of 5 s: the writer gives up on the hung database sooner, the test is shorter.
+    options = {"extra_env": {"LITELLM_PGLOG_DB_TIMEOUT_SECONDS": "2"}}
+    with running_gateway(tmp_path, url, **options) as gateway:
+        answers = send_chats(gateway, 8)
+        assert_logged_once_with_status_200(logged, {answer.request_id for answer in answers})
+
+        proxy.stall()  # connections stay open, nothing answers
+        stalled_at, log_start = time.monotonic(), len(gateway.log_text())
+        while not writer_gave_up(gateway, log_start):  # traffic goes on until the writer spooled
+            assert time.monotonic() < stalled_at + SPOOL_WAIT_SECONDS, "the writer kept waiting"
+            answers += send_chats(gateway, 8)
+        during_stall = [answer.seconds for answer in answers if answer.sent_at > stalled_at]
+        proxy.resume()
+        answers += send_chats(gateway, 8)
+
+        assert {answer.status for answer in answers} == {200}
+        assert len(during_stall) >= 8
+        slowest = p99(during_stall)
+        assert slowest < OUTAGE_P99_BOUND_SECONDS, f"p99 {slowest:.3f} s while PostgreSQL hung"
+        assert_logged_once_with_status_200(logged, {answer.request_id for answer in answers})
+        wait_for_log_line(gateway, "PostgreSQL reachable again", log_start)
+
+
+def writer_gave_up(gateway: Gateway, log_start: int) -> bool:
+    """The writer logged the outage (after ``log_start``) and has records in the spool."""
+    return "PostgreSQL unavailable" in gateway.log_text()[log_start:] and bool(gateway.spooled_request_ids())
 
 
 def wait_for_len(results: list, wanted: int, timeout: float = 120) -> None:
