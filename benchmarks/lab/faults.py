@@ -45,11 +45,12 @@ from loadgen import LoadGenerator, Sample, answered, answers_without_id
 # Latency bound for answers while PostgreSQL is down or hung (see LATENCY_BOUND_NOTE).
 LATENCY_P99_BOUND_MS = 1000.0
 LATENCY_BOUND_NOTE = (
-    "p99 of the 200 answers during the fault <= {bound:.0f} ms: the request path only appends to the"
-    " local journal, so a database fault must not show in the answers; at the drills' concurrency"
-    " the lab answers in tens of ms (p99 well under 200 ms with PostgreSQL up), and the bound leaves"
-    " room for a loaded 2-core machine while still failing if a request waits for PostgreSQL (a"
-    " blocked request waits for the 5 s connect timeout or forever)."
+    "Bound: p99 of the 200 answers during the fault <= {bound:.0f} ms. The request path only appends"
+    " to the local journal, so a database fault must not show in the answers. Measured on the lab"
+    " (2 shared vCPUs, 4 clients, other jobs running): p99 98-160 ms during outage/restart/kill,"
+    " 267-301 ms during the hang (max 1.06 s); the bound is ~3x the worst p99 seen, room for a busy"
+    " machine, and still far below what a request waiting on PostgreSQL would show (the 5 s"
+    " connect timeout, or forever for a hung server)."
 )
 
 # The two sizes of one implementation: the README's run and the CI stage of ./scripts/test.
@@ -65,6 +66,7 @@ SIZES = {
 }  # fmt: skip
 DRILL_ORDER = ["pg-outage", "pg-restart", "sigkill", "spool-bound", "pg-hang"]
 UNAVAILABLE, RECOVERED, LOST = "PostgreSQL unavailable", "reachable again", "LOG RECORDS LOST"
+RECORDS_PER_ANSWER = 2  # per 200 chat answer: the middleware's record and the usage callback's
 
 
 @dataclass
@@ -253,7 +255,8 @@ def pg_outage(args: argparse.Namespace) -> Outcome:
     )
     title = f"PostgreSQL stopped for {args.outage:.0f} s during load"
     outcome = Outcome("pg-outage", title, samples, scenario.events, counts, figures, checks)
-    outcome.fault_phases, outcome.spooled, outcome.dropped = ("outage",), delta["records_spooled"], 0
+    outcome.fault_phases, outcome.spooled = ("outage",), delta["records_spooled"]
+    outcome.dropped = delta["records_dropped"]
     latency_check(outcome, args.latency_p99_ms)
     return outcome
 
@@ -293,6 +296,7 @@ def pg_restart(args: argparse.Namespace) -> Outcome:
     title = "PostgreSQL restarted during load"
     outcome = Outcome("pg-restart", title, samples, scenario.events, counts, figures, checks)
     outcome.fault_phases, outcome.spooled = ("after restart",), delta["records_spooled"]
+    outcome.dropped = delta["records_dropped"]
     return outcome
 
 
@@ -364,21 +368,36 @@ def sigkill(args: argparse.Namespace) -> Outcome:
     } | common_checks(counts)
     title = "gateway SIGKILLed with requests in flight (PostgreSQL down, spool non-empty)"
     outcome = Outcome("sigkill", title, samples, scenario.events, counts, figures, checks)
-    outcome.fault_phases, outcome.spooled = ("db down",), len(spooled)
+    outcome.fault_phases, outcome.spooled, outcome.dropped = ("db down",), len(spooled), dropped_after
     outcome.figures["seconds to healthy"] = found["seconds to healthy"]
     return outcome
 
 
 def spool_bound(args: argparse.Namespace) -> Outcome:
+    """PostgreSQL stays down during the whole load, so every record is either spooled or dropped.
+
+    Each 200 answer gives RECORDS_PER_ANSWER records (the middleware's, with the status, and the
+    usage callback's, merged by request_id). Expected, exactly: spooled + dropped records =
+    2 x answered; dropped = pglog_records_dropped_total = the sum of the journal lines; the
+    requests with a row afterwards are exactly those with a record in the spool; a request
+    whose middleware record was dropped but whose usage record was spooled has a row without
+    status (counted, not a mismatch); every row that has a status has the client's.
+    """
     limit = str(args.spool_max_bytes)
+    found: dict[str, object] = {}
     with lab.gateway_env({"LITELLM_PGLOG_SPOOL_MAX_BYTES": limit}):
         journal_from, counters = time.time(), Counters()
+
+        def start_postgres() -> None:
+            found["spool"] = lab.spooled_records()
+            found["counters"] = counters.delta()
+            lab.postgres("start")
 
         async def script(s: Scenario) -> None:
             while not s.generator.stop.is_set() and s.generator.sent < args.spool_requests:
                 await asyncio.sleep(0.2)
-            await asyncio.sleep(2)  # let the last batches reach the (full) spool
-            await s.step("PostgreSQL started", lambda: lab.postgres("start"), phase="after")
+            await asyncio.sleep(3)  # let the last usage records and batches reach the (full) spool
+            await s.step("PostgreSQL started", start_postgres, phase="after")
 
         lab.postgres("stop")
         scenario = Scenario(5, total=args.spool_requests)
@@ -386,31 +405,39 @@ def spool_bound(args: argparse.Namespace) -> Outcome:
         scenario.generator.phase = "db down"
         samples = asyncio.run(scenario.run(script))
         counts = settle(samples)
-        delta = counters.delta()
         journal = Journal(journal_from)
-    dropped, logged = delta["records_dropped"], journal.dropped_sum()
+    spool, at_start = found["spool"], found["counters"]
+    dropped, spooled, logged = at_start["records_dropped"], at_start["records_spooled"], journal.dropped_sum()
+    ok = answered(samples)
+    with_row = lab.found_ids(ok)
     lines = journal.lost_lines()
     figures = {
         "spool bound (bytes)": int(limit),
-        "requests answered": len(answered(samples)),
+        "requests answered": len(ok),
         "answered requests without a row": counts["lost"],
+        "rows holding only the usage record (no status)": counts["without_status"],
+        "records in the spool before PostgreSQL started (for requests)": f"{len(spool)} ({len(set(spool))})",
+        "records spooled (pglog_records_spooled_total)": spooled,
         "records dropped (pglog_records_dropped_total)": dropped,
         "records dropped according to the journal lines": logged,
         f"'{LOST}' journal lines": len(lines),
-        "records spooled (counter)": delta["records_spooled"],
         "example journal line": lines[0][:160] if lines else "-",
     }
     checks = {
         "every request answered 200": all_answers_200(samples),
         "the bound was reached (counter > 0)": dropped > 0,
         "journal lines sum = pglog_records_dropped_total": logged == dropped,
-        "answered requests without a row = pglog_records_dropped_total": counts["lost"] == dropped,
+        "spool records = pglog_records_spooled_total": len(spool) == spooled,
+        f"spooled + dropped = {RECORDS_PER_ANSWER} x answered (no record vanished)": spooled + dropped
+        == RECORDS_PER_ANSWER * len(ok),
+        "requests with a row = requests with a spooled record": with_row == set(spool) & set(ok),
         "0 duplicated": counts["duplicated"] == 0,
-        "logged status = client status": counts["status_mismatch"] == 0,
+        "logged status = client status (rows with a status)": counts["status_mismatch"]
+        == counts["without_status"],
     }
     title = "spool bound reached while PostgreSQL is down"
     outcome = Outcome("spool-bound", title, samples, scenario.events, counts, figures, checks)
-    outcome.fault_phases, outcome.spooled, outcome.dropped = ("db down",), delta["records_spooled"], dropped
+    outcome.fault_phases, outcome.spooled, outcome.dropped = ("db down",), spooled, dropped
     return outcome
 
 
@@ -423,6 +450,7 @@ def pg_hang(args: argparse.Namespace) -> Outcome:
 
     def thaw() -> None:
         found["spooled during the hang"] = counters.delta()["records_spooled"]
+        found["records in the spool at the end of the hang"] = len(lab.spooled_records())
         found["queue depth at the end of the hang"] = int(lab.metric("pglog_queue_depth"))
         found["resumed processes"] = lab.postgres_signal("CONT")
 
@@ -444,7 +472,10 @@ def pg_hang(args: argparse.Namespace) -> Outcome:
         "hang seconds": args.hang,
         "postgres processes frozen": found.get("frozen processes"),
         "records spooled during the hang": found.get("spooled during the hang"),
-        "queue depth at the end of the hang": found.get("queue depth at the end of the hang"),
+        "records in the spool at the end of the hang": found.get(
+            "records in the spool at the end of the hang"
+        ),
+        "queue depth gauge at the end of the hang": found.get("queue depth at the end of the hang"),
         **journal.figures(),
         **{f"counter {k}": v for k, v in delta.items()},
     }
@@ -457,6 +488,7 @@ def pg_hang(args: argparse.Namespace) -> Outcome:
     title = f"PostgreSQL hung (SIGSTOP) for {args.hang:.0f} s during load"
     outcome = Outcome("pg-hang", title, samples, scenario.events, counts, figures, checks)
     outcome.fault_phases, outcome.spooled = ("hang",), found.get("spooled during the hang") or 0
+    outcome.dropped = delta["records_dropped"]
     latency_check(outcome, args.latency_p99_ms)
     return outcome
 

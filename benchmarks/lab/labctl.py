@@ -169,20 +169,22 @@ def account(client_status: dict[str, int]) -> dict[str, int]:
     """Compare request ids the clients received with the rows in ``requests``.
 
     lost = answered requests without a row; duplicated = rows beyond one per request id;
-    status_mismatch = rows whose status_code differs from what the client received.
+    status_mismatch = rows whose status_code differs from what the client received;
+    without_status = rows holding only the usage callback's record (the middleware's, which
+    carries the status, never arrived: only possible when records were dropped).
     """
+    names = ("sent", "rows", "found", "lost", "duplicated", "status_mismatch", "without_status")
     if not client_status:
-        return dict.fromkeys(
-            ("sent", "rows", "found", "lost", "duplicated", "status_mismatch", "without_responses_row"), 0
-        )
+        return dict.fromkeys((*names, "without_responses_row"), 0)
     out = psql(
         _sent_table(client_status) + "SELECT count(r.id), count(DISTINCT r.request_id),"
         " count(r.id) FILTER (WHERE r.status_code IS DISTINCT FROM s.status),"
+        " count(r.id) FILTER (WHERE r.status_code IS NULL),"
         " count(r.id) FILTER (WHERE NOT EXISTS"
         " (SELECT 1 FROM responses p WHERE p.request_id_fk = r.id))"
         " FROM sent s JOIN requests r ON r.request_id = s.request_id;\n"
     )
-    rows, found, mismatch, no_response = (int(v) for v in out.splitlines()[-1].split("|"))
+    rows, found, mismatch, without_status, no_response = (int(v) for v in out.splitlines()[-1].split("|"))
     return {
         "sent": len(client_status),
         "rows": rows,
@@ -190,6 +192,7 @@ def account(client_status: dict[str, int]) -> dict[str, int]:
         "lost": len(client_status) - found,
         "duplicated": rows - found,
         "status_mismatch": mismatch,
+        "without_status": without_status,
         "without_responses_row": no_response,
     }
 
@@ -353,11 +356,16 @@ def metric(name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def spooled_request_ids() -> set[str]:
-    """Request ids in the gateway's spool files right now."""
+def spooled_records() -> list[str]:
+    """The request id of every record in the gateway's spool files right now (one per record)."""
     script = f"cat {SPOOL_DIR}/pglog-*.jsonl 2>/dev/null || true"
     out = docker_exec(GATEWAY_HOST, ["sh", "-c", script])
-    return set(re.findall(r'"request_id":"([0-9a-f-]{36})"', out))
+    return re.findall(r'"request_id":"([0-9a-f-]{36})"', out)
+
+
+def spooled_request_ids() -> set[str]:
+    """Request ids in the gateway's spool files right now."""
+    return set(spooled_records())
 
 
 def percentile(values: Iterable[float], q: float) -> float:
