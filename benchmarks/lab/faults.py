@@ -227,21 +227,34 @@ def latency_check(outcome: Outcome, bound: float) -> None:
     outcome.checks[f"p99 during the fault <= {bound:.0f} ms"] = p99 <= bound
 
 
+def held_fault(
+    args: argparse.Namespace,
+    fault: tuple[str, Callable[[], object], str],
+    seconds: float,
+    recovery: tuple[str, Callable[[], object]],
+) -> Callable[[Scenario], Awaitable[None]]:
+    """Warm load, the fault (label, action, phase) held for ``seconds``, the recovery, more load."""
+
+    async def script(s: Scenario) -> None:
+        await asyncio.sleep(args.warm)
+        await s.step(fault[0], fault[1], phase=fault[2])
+        await asyncio.sleep(seconds)
+        await s.step(recovery[0], recovery[1], phase="after")
+        await asyncio.sleep(args.after)
+
+    return script
+
+
 # ---- drills ---------------------------------------------------------------------------------------
 
 
 def pg_outage(args: argparse.Namespace) -> Outcome:
     journal_from, counters = time.time(), Counters()
 
-    async def script(s: Scenario) -> None:
-        await asyncio.sleep(args.warm)
-        await s.step("PostgreSQL stopped", lambda: lab.postgres("stop"), phase="outage")
-        await asyncio.sleep(args.outage)
-        await s.step("PostgreSQL started", lambda: lab.postgres("start"), phase="after")
-        await asyncio.sleep(args.after)
-
+    fault = ("PostgreSQL stopped", lambda: lab.postgres("stop"), "outage")
+    recovery = ("PostgreSQL started", lambda: lab.postgres("start"))
     scenario = Scenario(args.concurrency)
-    samples = asyncio.run(scenario.run(script))
+    samples = asyncio.run(scenario.run(held_fault(args, fault, args.outage, recovery)))
     counts = settle(samples)
     journal, delta = Journal(journal_from), counters.delta()
     figures = {
@@ -454,16 +467,11 @@ def pg_hang(args: argparse.Namespace) -> Outcome:
         found["queue depth at the end of the hang"] = int(lab.metric("pglog_queue_depth"))
         found["resumed processes"] = lab.postgres_signal("CONT")
 
-    async def script(s: Scenario) -> None:
-        await asyncio.sleep(args.warm)
-        await s.step("PostgreSQL frozen (SIGSTOP, connections stay open)", freeze, phase="hang")
-        await asyncio.sleep(args.hang)
-        await s.step("PostgreSQL resumed (SIGCONT)", thaw, phase="after")
-        await asyncio.sleep(args.after)
-
+    fault = ("PostgreSQL frozen (SIGSTOP, connections stay open)", freeze, "hang")
+    recovery = ("PostgreSQL resumed (SIGCONT)", thaw)
     scenario = Scenario(args.concurrency)
     try:
-        samples = asyncio.run(scenario.run(script))
+        samples = asyncio.run(scenario.run(held_fault(args, fault, args.hang, recovery)))
     finally:
         lab.postgres_signal("CONT")
     counts = settle(samples)
