@@ -19,11 +19,14 @@ Drills (all by default, or --only NAME ...):
               (connection reset/refused, never accounted); every HTTP answer is 200; every
               answered request and every spooled record lands once
   spool-bound tiny LITELLM_PGLOG_SPOOL_MAX_BYTES (drop-in) + PostgreSQL down: every answer 200;
-              the answered requests without a row = pglog_records_dropped_total = the sum of the
-              "LOG RECORDS LOST: dropped N record(s)" journal lines (nothing dropped silently)
+              counted record by record (2 per answer: the middleware's and the usage callback's):
+              spooled + dropped = 2 x answered, pglog_records_dropped_total = the sum of the
+              "LOG RECORDS LOST: dropped N record(s)" journal lines, and the requests with a row
+              are exactly those with a record in the spool (nothing dropped silently)
   pg-hang     every postgres process SIGSTOPped for --hang seconds (connections stay open,
-              nothing answers), then SIGCONT: every answer 200 within the latency bound, rows
-              spooled during the hang, everything lands after it (0 lost, 0 duplicated)
+              nothing answers), then SIGCONT: every answer 200 within the latency bound, the
+              same outage path as pg-outage (spool, one "unavailable" and one "reachable again"
+              line), everything lands after it (0 lost, 0 duplicated)
 --size full (default) is the README's run; --size ci is the same code with smaller loads and
 shorter phases for ./scripts/test (the 60 s outage stays). Writes results/faults-<time>.md/.json
 and a timeline PNG per drill. Run it through scripts/lab-faults (it checks the route to the lab).
@@ -227,6 +230,15 @@ def latency_check(outcome: Outcome, bound: float) -> None:
     outcome.checks[f"p99 during the fault <= {bound:.0f} ms"] = p99 <= bound
 
 
+def run_load(
+    concurrency: int, script: Callable[[Scenario], Awaitable[None]]
+) -> tuple[Scenario, list[Sample], dict[str, int]]:
+    """Run the script under load, then wait for the writer and account every answer."""
+    scenario = Scenario(concurrency)
+    samples = asyncio.run(scenario.run(script))
+    return scenario, samples, settle(samples)
+
+
 def held_fault(
     args: argparse.Namespace,
     fault: tuple[str, Callable[[], object], str],
@@ -253,9 +265,7 @@ def pg_outage(args: argparse.Namespace) -> Outcome:
 
     fault = ("PostgreSQL stopped", lambda: lab.postgres("stop"), "outage")
     recovery = ("PostgreSQL started", lambda: lab.postgres("start"))
-    scenario = Scenario(args.concurrency)
-    samples = asyncio.run(scenario.run(held_fault(args, fault, args.outage, recovery)))
-    counts = settle(samples)
+    scenario, samples, counts = run_load(args.concurrency, held_fault(args, fault, args.outage, recovery))
     journal, delta = Journal(journal_from), counters.delta()
     figures = {
         "outage seconds": args.outage,
@@ -283,9 +293,7 @@ def pg_restart(args: argparse.Namespace) -> Outcome:
         await s.step("PostgreSQL restarted", lambda: lab.postgres("restart"), phase="after restart")
         await asyncio.sleep(args.after)
 
-    scenario = Scenario(args.concurrency)
-    samples = asyncio.run(scenario.run(script))
-    counts = settle(samples)
+    scenario, samples, counts = run_load(args.concurrency, script)
     after = lab.service_show("MainPID", "NRestarts")
     connections = lab.gateway_connections()
     journal, delta = Journal(journal_from), counters.delta()
@@ -338,9 +346,7 @@ def sigkill(args: argparse.Namespace) -> Outcome:
         await s.step("PostgreSQL started", lambda: lab.postgres("start"), phase="after")
         await asyncio.sleep(args.after)
 
-    scenario = Scenario(args.concurrency)
-    samples = asyncio.run(scenario.run(script))
-    counts = settle(samples)
+    scenario, samples, counts = run_load(args.concurrency, script)
     after = lab.service_show("MainPID", "NRestarts")
     spooled = found["spooled at kill"]
     written = lab.account(dict.fromkeys(spooled, 200)) if spooled else {"found": 0}
