@@ -14,6 +14,7 @@ The schema is upgraded to head first. Rows get request ids starting with "bench-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def count_rows(url: str, run: str) -> int:
 def submit_phase(settings: Settings, run: str, requests: int) -> None:
     records = list(halves(run, requests, offset=2 * requests))
     idle = {"flush_interval": 3600.0, "batch_size": len(records) + 1, "queue_max": len(records) + 1}
-    writer = LogWriter(Settings(**{**settings.__dict__, **idle}))
+    writer = LogWriter(dataclasses.replace(settings, **idle))
     writer.start()
     started = time.perf_counter()
     for record in records:
@@ -100,7 +101,7 @@ def direct_phase(settings: Settings, run: str, requests: int) -> None:
 
 def replay_phase(settings: Settings, run: str, requests: int) -> None:
     down_url = make_url(settings.db_url).set(port=1).render_as_string(hide_password=False)
-    spooling = LogWriter(Settings(**{**settings.__dict__, "db_url": down_url}))
+    spooling = LogWriter(dataclasses.replace(settings, db_url=down_url))
     spooling.start()
     for record in halves(run, requests, offset=requests):
         spooling.submit(record)

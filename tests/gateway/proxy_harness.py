@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import litellm_pglog
 from litellm_pglog.models import Request, Response
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,6 +245,30 @@ class Gateway:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
+    def metrics(self) -> dict[str, float]:
+        """The samples /metrics/ exports now, by name (labels ignored: ours have none)."""
+        response = httpx.get(f"{self.base_url}/metrics/", timeout=30)
+        response.raise_for_status()
+        families = text_string_to_metric_families(response.text)
+        return {sample.name: sample.value for family in families for sample in family.samples}
+
+    def quiet_metrics(self, timeout: float = 30) -> dict[str, float]:
+        """/metrics/ once the writer is idle: queue empty and no counter moving for a second."""
+        deadline = time.monotonic() + timeout
+        previous = self.metrics()
+        while True:
+            time.sleep(1.0)
+            current = self.metrics()
+            if current.get("pglog_queue_depth") == 0 and all(
+                current.get(name) == previous.get(name) for name in PGLOG_COUNTERS
+            ):
+                return current
+            assert time.monotonic() < deadline, f"the writer never went idle: {current}"
+            previous = current
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def spooled_request_ids(self) -> set[str]:
         """Request ids currently waiting in the spool files (what a crash must not lose)."""
         found = set()
@@ -254,6 +279,9 @@ class Gateway:
                 except (ValueError, KeyError):
                     continue
         return found
+
+
+PGLOG_COUNTERS = ("pglog_rows_written_total", "pglog_records_spooled_total", "pglog_records_dropped_total")
 
 
 def chat_body(content: str = "hello gateway", model: str = CHAT_MODEL, **extra) -> dict:

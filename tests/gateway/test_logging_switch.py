@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 from litellm_pglog import callbacks, middleware
-from litellm_pglog.settings import SettingsError, load_settings
+from litellm_pglog.runtime import GatewayRuntime
+from litellm_pglog.settings import Settings, SettingsError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -22,19 +23,21 @@ def test_enabled_flag_rejects_other_words():
         load_settings({"LITELLM_PGLOG_ENABLED": "maybe"})
 
 
-@pytest.fixture
-def no_writer(monkeypatch):
-    """Any attempt to reach the log writer fails the test."""
+class NoWriterRuntime(GatewayRuntime):
+    """Logging off; any attempt to reach the log writer or the key store fails the test."""
 
-    def forbidden():
+    def __init__(self) -> None:
+        super().__init__(Settings(enabled=False))
+
+    @property
+    def writer(self):
         raise AssertionError("the log writer must not be used when logging is off")
 
-    monkeypatch.setattr(middleware, "get_writer", forbidden)
-    monkeypatch.setattr(callbacks, "get_writer", forbidden)
-    monkeypatch.setenv("LITELLM_PGLOG_ENABLED", "false")
+    def start(self) -> None:
+        raise AssertionError("nothing is started when logging is off")
 
 
-def test_disabled_middleware_passes_requests_and_lifespan_through_untouched(no_writer):
+def test_disabled_middleware_passes_requests_and_lifespan_through_untouched():
     seen = []
 
     async def app(scope, receive, send):
@@ -55,7 +58,7 @@ def test_disabled_middleware_passes_requests_and_lifespan_through_untouched(no_w
         sent.append(message)
 
     http_scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": []}
-    wrapped = middleware.RequestLogMiddleware(app)
+    wrapped = middleware.RequestLogMiddleware(app, NoWriterRuntime())
     asyncio.run(wrapped({"type": "lifespan"}, receive, send))
     asyncio.run(wrapped(http_scope, receive, send))
 
@@ -76,11 +79,19 @@ class RecordingWriter:
         self.records.append(record)
 
 
-@pytest.mark.parametrize(("enabled", "submitted"), [("true", 1), ("false", 0)])
-def test_usage_callback_submits_only_when_enabled(monkeypatch, enabled, submitted):
-    writer = RecordingWriter()
-    monkeypatch.setattr(callbacks, "get_writer", lambda: writer)
-    monkeypatch.setenv("LITELLM_PGLOG_ENABLED", enabled)
+class RecordingRuntime(GatewayRuntime):
+    def __init__(self, enabled: bool) -> None:
+        super().__init__(Settings(enabled=enabled))
+        self.recorder = RecordingWriter()
+
+    @property
+    def writer(self):
+        return self.recorder
+
+
+@pytest.mark.parametrize(("enabled", "submitted"), [(True, 1), (False, 0)])
+def test_usage_callback_submits_only_when_enabled(enabled, submitted):
+    runtime = RecordingRuntime(enabled)
     kwargs = {
         "litellm_call_id": "id-1",
         "standard_logging_object": {
@@ -89,5 +100,5 @@ def test_usage_callback_submits_only_when_enabled(monkeypatch, enabled, submitte
             "metadata": {"user_api_key_request_route": "/v1/chat/completions"},
         },
     }
-    asyncio.run(callbacks.UsageLogger().async_log_success_event(kwargs, None, None, None))
-    assert len(writer.records) == submitted
+    asyncio.run(callbacks.UsageLogger(lambda: runtime).async_log_success_event(kwargs, None, None, None))
+    assert len(runtime.recorder.records) == submitted

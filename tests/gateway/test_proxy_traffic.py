@@ -242,10 +242,21 @@ def test_health_checks_are_not_logged_as_client_traffic(gateway, logged):
     assert logged.count(Request.route.is_(None)) == 0
 
 
-def test_metrics_endpoint_is_open_and_exports_writer_counters(gateway):
-    response = httpx.get(f"{gateway.base_url}/metrics/", timeout=30)
-    assert response.status_code == 200
-    assert "pglog_rows_written" in response.text
+def test_metrics_endpoint_counts_the_rows_the_writer_wrote(gateway, logged):
+    before = gateway.quiet_metrics()  # no late half of an earlier test's request still on its way
+    # Neither a model list nor a refused key fires LiteLLM's success callback: each of these
+    # requests is exactly one record, hence exactly one row upserted.
+    with gateway.client(gateway.keys.poc_key) as client:
+        answers = [client.get("/v1/models") for _ in range(5)]
+    with gateway.client("not-a-valid-key") as client:
+        answers += [client.post("/v1/chat/completions", json=chat_body()) for _ in range(3)]
+    assert [response.status_code for response in answers] == [200] * 5 + [401] * 3
+    logged.wait_for({call_id(response) for response in answers})
+
+    after = gateway.quiet_metrics()
+    assert after["pglog_rows_written_total"] - before["pglog_rows_written_total"] == len(answers)
+    assert after["pglog_records_spooled_total"] == before["pglog_records_spooled_total"]
+    assert after["pglog_records_dropped_total"] == before["pglog_records_dropped_total"] == 0
 
 
 def test_client_that_leaves_before_the_answer_is_logged_as_499(gateway, logged):

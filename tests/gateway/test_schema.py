@@ -26,7 +26,7 @@ from litellm_pglog.schema import (
     render_upgrade_sql,
     upgrade_schema,
 )
-from litellm_pglog.writer import write_records
+from litellm_pglog.sink import write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
 from sqlalchemy import MetaData, Table, insert, select
 

@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from litellm_pglog import writer as writer_module
+from litellm_pglog import runtime
 from litellm_pglog.db import make_engine
+from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS
 from litellm_pglog.models import Request, Response
 from litellm_pglog.records import LogRecord
-from litellm_pglog.settings import Settings
+from litellm_pglog.settings import Settings, SettingsError, load_settings
+from litellm_pglog.sink import write_records
 from litellm_pglog.spool import SPOOL_GLOB, encode_line
-from litellm_pglog.writer import ERROR_MESSAGE_MAX_CHARS, LogWriter, get_writer, write_records
+from litellm_pglog.writer import LogWriter
+from prometheus_client import REGISTRY
 from sqlalchemy import CheckConstraint, MetaData, Table, func, select
 from sqlalchemy.schema import AddConstraint
+from stall_proxy import StallingProxy
 
 FLUSH_TIMEOUT = 30
 
@@ -87,6 +92,24 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 def spool_files(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob(SPOOL_GLOB))
+
+
+def spooled_lines(spool_dir: Path) -> list[dict]:
+    return [json.loads(line) for path in spool_files(spool_dir) for line in path.read_text().splitlines()]
+
+
+def counter(name: str) -> float:
+    """A Prometheus counter of this process (the writers under test run in it)."""
+    return REGISTRY.get_sample_value(f"{name}_total") or 0.0
+
+
+LOST_LINE = re.compile(r"LOG RECORDS LOST: dropped (\d+) record\(s\): (.*)")
+
+
+def lost_in_log(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """(count, reason) of every "LOG RECORDS LOST" line the writers logged."""
+    found = (LOST_LINE.fullmatch(record.getMessage()) for record in caplog.records)
+    return [(int(match[1]), match[2]) for match in found if match]
 
 
 def http_half(request_id: str, status: int = 200) -> LogRecord:
@@ -242,7 +265,55 @@ def test_database_outage_loses_and_duplicates_nothing(
     assert stats["db_errors"] >= 1 and stats["dropped"] == 0
     assert stats["replayed"] == stats["spooled"]
     assert "PostgreSQL unavailable" in caplog.text
+    assert "PostgreSQL reachable again" in caplog.text
     assert pg_cluster.password not in caplog.text
+
+
+# The writer's bound on any database call in the hung test; 2 s is libpq's smallest connect_timeout.
+HUNG_DB_TIMEOUT_SECONDS = 2.0
+# submit() is one write(2) to the journal and an append to a deque: microseconds. 0.25 s leaves
+# room for a loaded 2-core CI machine and still fails if submit() ever waits for the database,
+# which would take at least HUNG_DB_TIMEOUT_SECONDS.
+SUBMIT_BOUND_SECONDS = 0.25
+
+
+def test_hung_database_spools_and_everything_lands_after_it_resumes(
+    make_writer, pg_cluster, migrated_url, spool_dir, caplog
+):
+    ids = [f"hung-{n}" for n in range(300)]
+    durations: list[float] = []
+    with StallingProxy(pg_cluster.port) as proxy:
+        url = pg_cluster.url_for(migrated_url.rsplit("/", 1)[1], port=proxy.port)
+        writer = make_writer(url, db_timeout_seconds=HUNG_DB_TIMEOUT_SECONDS)
+        for request_id in ids[:50]:
+            writer.submit(http_half(request_id))
+        assert writer.flush(FLUSH_TIMEOUT)  # the pool now holds connections through the proxy
+
+        proxy.stall()  # connections stay open, nothing answers
+        for request_id in ids[50:250]:
+            started = time.perf_counter()
+            writer.submit(http_half(request_id))
+            writer.submit(usage_half(request_id))
+            durations.append(time.perf_counter() - started)
+            time.sleep(0.02)  # about 4 s of traffic while the writer waits out its deadline
+        wait_for(lambda: writer.stats()["spooled"] > 0 and bool(spool_files(spool_dir)))
+        assert "PostgreSQL unavailable" in caplog.text
+        proxy.resume()
+        for request_id in ids[250:]:
+            writer.submit(http_half(request_id))
+        wait_for(lambda: len(stored(migrated_url)) == len(ids) and not spool_files(spool_dir), timeout=60)
+        assert writer.flush(FLUSH_TIMEOUT)
+        writer.stop(10)  # before its connections through the proxy go away
+
+    assert max(durations) < SUBMIT_BOUND_SECONDS, f"submit() blocked for {max(durations):.3f} s"
+    rows = stored(migrated_url)  # also asserts: no duplicate rows
+    assert sorted(rows) == sorted(ids)
+    for request_id in ids[50:250]:
+        assert_merged(rows[request_id])
+    stats = writer.stats()
+    assert stats["db_errors"] >= 1 and stats["dropped"] == 0
+    assert stats["replayed"] == stats["spooled"] > 0
+    assert "PostgreSQL reachable again" in caplog.text
 
 
 def test_stop_while_database_down_spools_everything(make_writer, down_url, spool_dir):
@@ -309,20 +380,26 @@ def test_torn_spool_line_is_dropped_loudly_and_the_rest_replayed(
     assert "unreadable spool line 2" in caplog.text
 
 
-def test_full_spool_drops_counts_and_logs_an_error(make_writer, down_url, caplog):
+def test_full_spool_drops_counts_and_logs_an_error(make_writer, down_url, spool_dir, caplog):
     writer = make_writer(down_url, spool_max_bytes=2000)
     caplog.set_level(logging.ERROR, logger="litellm_pglog")
+    dropped_before, spooled_before = counter("pglog_records_dropped"), counter("pglog_records_spooled")
 
     for n in range(50):
         writer.submit(http_half(f"f-{n}"))
     assert writer.flush(FLUSH_TIMEOUT)
 
     stats = writer.stats()
+    lost = lost_in_log(caplog)
     assert stats["dropped"] > 0
+    # One count, three witnesses: stats(), the Prometheus counter and the error lines.
+    assert stats["dropped"] == counter("pglog_records_dropped") - dropped_before == sum(n for n, _ in lost)
+    assert {reason for _, reason in lost} == {"spool full (2000 bytes)"}
+    # Whatever was not dropped is in the spool, once: nothing vanished without a count.
+    kept = [line["request_id"] for line in spooled_lines(spool_dir)]
+    assert len(kept) == len(set(kept))
+    assert stats["spooled"] == len(kept) == counter("pglog_records_spooled") - spooled_before
     assert stats["spooled"] + stats["dropped"] == 50
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    errors = [message for message in errors if "LOG RECORDS LOST" in message]
-    assert errors and "spool full" in errors[0]
 
 
 def test_queue_overflow_goes_to_the_spool_and_then_to_postgresql(make_writer, migrated_url, spool_dir):
@@ -417,13 +494,14 @@ def test_writer_requires_a_database_url(spool_dir):
 
 
 def test_get_writer_is_one_started_writer_per_process(monkeypatch, migrated_url, spool_dir):
+    # No entry point installed a runtime: the first use builds one from the environment.
     monkeypatch.setenv("LITELLM_DB_URL", migrated_url)
     monkeypatch.setenv("LITELLM_PGLOG_SPOOL_DIR", str(spool_dir))
-    monkeypatch.setattr(writer_module, "_writer", None)
+    monkeypatch.setattr(runtime, "_current", None)
 
-    writer = get_writer()
+    writer = runtime.get_writer()
     try:
-        assert get_writer() is writer
+        assert runtime.get_writer() is writer
         writer.submit(http_half("singleton"))
         assert writer.flush(FLUSH_TIMEOUT)
         assert list(stored(migrated_url)) == ["singleton"]
@@ -431,14 +509,19 @@ def test_get_writer_is_one_started_writer_per_process(monkeypatch, migrated_url,
         writer.stop(10)
 
 
-def test_prometheus_counters_follow_the_writer(make_writer):
-    from prometheus_client import REGISTRY
-
-    before = REGISTRY.get_sample_value("pglog_rows_written_total") or 0.0
+def test_prometheus_counters_follow_the_writer(make_writer, migrated_url):
+    before = counter("pglog_rows_written")
     writer = make_writer()
     for n in range(7):
         writer.submit(http_half(f"m-{n}"))
     assert writer.flush(FLUSH_TIMEOUT)
 
-    assert REGISTRY.get_sample_value("pglog_rows_written_total") == before + 7
-    assert REGISTRY.get_sample_value("pglog_queue_depth") is not None
+    assert counter("pglog_rows_written") == before + 7 == before + len(stored(migrated_url))
+    assert REGISTRY.get_sample_value("pglog_queue_depth") == 0
+
+
+def test_database_timeout_setting_defaults_to_the_former_connect_timeout():
+    assert load_settings({}).db_timeout_seconds == 5.0
+    assert load_settings({"LITELLM_PGLOG_DB_TIMEOUT_SECONDS": "2.5"}).db_timeout_seconds == 2.5
+    with pytest.raises(SettingsError, match="LITELLM_PGLOG_DB_TIMEOUT_SECONDS"):
+        load_settings({"LITELLM_PGLOG_DB_TIMEOUT_SECONDS": "0"})

@@ -1,8 +1,8 @@
 """ASGI entry point: ``uvicorn litellm_pglog.asgi:app`` with CONFIG_FILE_PATH=/etc/litellm/config.yaml.
 
 LiteLLM reads CONFIG_FILE_PATH in its own lifespan handler, once per worker process, so this
-works with ``--workers N`` too (each worker has its own log writer; they share the spool
-directory safely). The config this package expects::
+works with ``--workers N`` too (each worker imports this module and has its own log writer;
+they share the spool directory safely). The config this package expects::
 
     general_settings:
       custom_auth: litellm_pglog.auth.user_api_key_auth
@@ -12,6 +12,9 @@ directory safely). The config this package expects::
 
 Set LITELLM_LOCAL_MODEL_COST_MAP=True on hosts without internet access, or LiteLLM tries to
 download its model cost map at start.
+
+The settings are read here, once; the runtime built from them is installed process-wide for
+the two hooks above, which LiteLLM calls by name (see ``runtime.py``).
 """
 
 from __future__ import annotations
@@ -19,5 +22,8 @@ from __future__ import annotations
 from litellm.proxy.proxy_server import app as litellm_app
 
 from litellm_pglog.middleware import RequestLogMiddleware
+from litellm_pglog.runtime import GatewayRuntime, install
+from litellm_pglog.settings import load_settings
 
-app = RequestLogMiddleware(litellm_app)
+runtime = install(GatewayRuntime(load_settings()))
+app = RequestLogMiddleware(litellm_app, runtime)

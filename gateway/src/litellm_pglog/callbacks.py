@@ -4,11 +4,16 @@ The ASGI middleware already logs every exchange with the status the client recei
 callback only fills in what the HTTP bytes may not show: token counts of streamed responses
 when the client did not ask for ``stream_options.include_usage`` (LiteLLM counts them anyway).
 The writer merges this partial record with the middleware's by ``request_id``.
+
+LiteLLM loads ``usage_logger`` by name, so it finds the writer through the process's runtime
+(``runtime.py``), looked up per call: the entry point installs it after this module may have
+been imported.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from litellm.constants import LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME
@@ -16,8 +21,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_pglog.middleware import LOGGED_ROUTES
 from litellm_pglog.records import LogRecord
-from litellm_pglog.settings import load_settings
-from litellm_pglog.writer import get_writer
+from litellm_pglog.runtime import GatewayRuntime, current
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +52,18 @@ def usage_record(kwargs: dict[str, Any]) -> LogRecord | None:
 
 
 class UsageLogger(CustomLogger):
-    def __init__(self) -> None:
+    def __init__(self, runtime: Callable[[], GatewayRuntime] = current) -> None:
         super().__init__()
-        self.enabled = load_settings().enabled
+        self._runtime = runtime
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time) -> None:
-        if not self.enabled:
-            return
         try:
+            runtime = self._runtime()
+            if not runtime.settings.enabled:  # LITELLM_PGLOG_ENABLED=false: no writer at all
+                return
             record = usage_record(kwargs)
             if record is not None:
-                get_writer().submit(record)
+                runtime.writer.submit(record)
         except Exception:
             logger.warning("litellm_pglog: could not log token usage", exc_info=True)
 

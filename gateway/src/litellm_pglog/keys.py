@@ -4,13 +4,13 @@ Keys file (JSON, hashes only)::
 
     {"keys": [{"alias": "TEST_KEY", "user_id": "poc-tester", "sha256": "<hex sha256 of the key>"}]}
 
-The file is read once per process (``get_key_store``); a missing or malformed file raises
-``KeyFileError`` with a one-line message, which the ASGI middleware turns into a failed startup.
+The file is read once per process (``runtime.GatewayRuntime.key_store``); a missing or malformed
+file raises ``KeyFileError`` with a one-line message, which the ASGI middleware turns into a
+failed startup.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
@@ -123,12 +123,3 @@ def load_key_store(keys_file: str | Path, master_key: str | None) -> KeyStore:
             Identity(MASTER_KEY_ALIAS, MASTER_KEY_USER_ID, sha256_hex(master_key), is_master=True)
         )
     return KeyStore(identities)
-
-
-@functools.cache
-def get_key_store() -> KeyStore:
-    """The process-wide key store, loaded from the settings on first use."""
-    from litellm_pglog.settings import load_settings
-
-    settings = load_settings()
-    return load_key_store(settings.keys_file, settings.master_key)

@@ -10,6 +10,9 @@ Request ids: the middleware generates a uuid4 per request and puts it in the req
 value is replaced, because LiteLLM trusts it verbatim and a reused id would merge two
 requests into one log row. The callback in ``callbacks.py`` reports token usage under the
 same id, and the writer merges both halves.
+
+The middleware is handed the process's ``GatewayRuntime`` (settings, key store, writer) by the
+entry point and starts and stops it in the ASGI lifespan.
 """
 
 from __future__ import annotations
@@ -19,21 +22,23 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from litellm_pglog.keys import INVALID_KEY_ALIAS, get_key_store, presented_key
-from litellm_pglog.records import LogRecord
-from litellm_pglog.settings import load_settings
-from litellm_pglog.writer import get_writer
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from litellm_pglog.keys import INVALID_KEY_ALIAS, presented_key
+from litellm_pglog.limits import (
+    CAPTURED_BODY_MAX_BYTES,
+    DISCARDED_BODY_MAX_BYTES,
+    ERROR_MESSAGE_MAX_CHARS,
+    WRITER_STOP_TIMEOUT_SECONDS,
+)
+from litellm_pglog.records import LogRecord
+from litellm_pglog.runtime import GatewayRuntime
 
 # The OpenAI-compatible routes whose traffic is logged; everything else (health, metrics,
 # admin UI, other provider formats) passes through untouched.
@@ -49,14 +54,8 @@ LOGGED_ROUTES = frozenset(
         "/models",
     }
 )
-CALL_ID_HEADER = b"x-litellm-call-id"
+CALL_ID_HEADER = "x-litellm-call-id"
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client left before any status was sent
-MAX_CAPTURED_BODY_BYTES = 1024 * 1024
-MAX_ERROR_MESSAGE_CHARS = 2000
-# How much of an oversized body is read and thrown away so that the client, still sending,
-# receives the 413 instead of a connection reset; beyond this the connection is just closed.
-MAX_DISCARDED_BODY_BYTES = 64 * 1024 * 1024
-WRITER_STOP_TIMEOUT_SECONDS = 10.0
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +97,9 @@ def error_fields(payload: object, status: int) -> tuple[str | None, str | None]:
         return None, None
     kind = str(kind) if kind is not None else f"http_{status}"
     message = message if isinstance(message, str) else json.dumps(message, default=str)
-    return kind[:255], message[:MAX_ERROR_MESSAGE_CHARS]
+    # error_type is cut to its column's length by the writer; the message is cut here already
+    # because the record travels through the journal and the queue.
+    return kind, message[:ERROR_MESSAGE_MAX_CHARS]
 
 
 def usage_fields(payload: object) -> dict[str, int]:
@@ -126,11 +127,8 @@ class ResponseObserver:
 
     def on_start(self, message: Message) -> None:
         self.record.status_code = message["status"]
-        content_type = b""
-        for name, value in message.get("headers") or ():
-            if name.lower() == b"content-type":
-                content_type = bytes(value).lower()
-        self.is_sse = content_type.startswith(b"text/event-stream")
+        content_type = Headers(raw=list(message.get("headers") or ())).get("content-type", "")
+        self.is_sse = content_type.lower().startswith("text/event-stream")
 
     def on_disconnect(self) -> None:
         if not self.complete:
@@ -143,7 +141,7 @@ class ResponseObserver:
             self._scan_sse(chunk)
         elif not self.overflow:
             self.body += chunk
-            if len(self.body) > MAX_CAPTURED_BODY_BYTES:
+            if len(self.body) > CAPTURED_BODY_MAX_BYTES:
                 self.overflow, self.body = True, bytearray()
         if not message.get("more_body", False):
             self.complete = True
@@ -152,7 +150,7 @@ class ResponseObserver:
         # Only lines that can carry usage or an error are decoded; content deltas are skipped.
         self.pending_line += chunk
         *lines, rest = self.pending_line.split(b"\n")
-        self.pending_line = bytearray(rest) if len(rest) <= MAX_CAPTURED_BODY_BYTES else bytearray()
+        self.pending_line = bytearray(rest) if len(rest) <= CAPTURED_BODY_MAX_BYTES else bytearray()
         for line in lines:
             if line.startswith(b"data:") and (b'"usage"' in line or b'"error"' in line):
                 self._apply(_loads(line[5:]))
@@ -186,25 +184,24 @@ def _loads(data: bytes) -> object:
 
 
 class RequestLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """Routes each ASGI connection: lifespan, logged OpenAI routes, everything else untouched."""
+
+    def __init__(self, app: ASGIApp, runtime: GatewayRuntime) -> None:
         self.app = app
-        settings = load_settings()
-        self.enabled = settings.enabled
-        self.max_body_bytes = settings.max_body_bytes
+        self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.enabled:  # LITELLM_PGLOG_ENABLED=false: the bare proxy, for baseline measurements
+        if not self.runtime.settings.enabled:  # LITELLM_PGLOG_ENABLED=false: the bare proxy (baseline)
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].rstrip("/") in LOGGED_ROUTES:
-            await self._logged_request(scope, receive, send)
+            await LoggedExchange(self.app, self.runtime, scope).run(receive, send)
         else:
             await self.app(scope, receive, send)
 
-    # -- lifespan -----------------------------------------------------------------------------
-
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the runtime before the app's startup, stop it before reporting the shutdown."""
         first = await receive()
         if first["type"] == "lifespan.startup":
             try:
@@ -228,83 +225,89 @@ class RequestLogMiddleware:
 
         await self.app(scope, replay_first, stop_writer_then_send)
 
-    @staticmethod
-    async def _startup() -> None:
-        get_key_store()  # a broken keys file must stop the start, not fail every request
-        await asyncio.to_thread(get_writer().start)  # replays the spool left by a previous run
+    async def _startup(self) -> None:
+        # A broken keys file or database URL must stop the start, not fail every request;
+        # in a thread because the writer's start replays the spool left by a previous run.
+        await asyncio.to_thread(self.runtime.start)
 
-    @staticmethod
-    async def _shutdown() -> None:
+    async def _shutdown(self) -> None:
         try:
-            await asyncio.to_thread(get_writer().stop, WRITER_STOP_TIMEOUT_SECONDS)
+            await asyncio.to_thread(self.runtime.stop, WRITER_STOP_TIMEOUT_SECONDS)
         except Exception:
             logger.exception("litellm_pglog: stopping the log writer failed")
 
-    # -- logged requests ----------------------------------------------------------------------
 
-    async def _logged_request(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = str(uuid.uuid4())
-        record = LogRecord(
-            request_id=request_id,
+class LoggedExchange:
+    """One request on a logged route: read, checked, forwarded, observed and submitted once."""
+
+    def __init__(self, app: ASGIApp, runtime: GatewayRuntime, scope: Scope) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.record = LogRecord(
+            request_id=str(uuid.uuid4()),
             created_at=datetime.now(UTC),
             route=scope["path"],
             method=scope["method"],
         )
-        self._identify_caller(scope, record)
-        observer = ResponseObserver(record)
-        scope = {**scope, "headers": _with_call_id(scope["headers"], request_id)}
+        self._identify_caller(scope)
+        self.observer = ResponseObserver(self.record)
+        self.scope = _with_call_id(scope, self.record.request_id)
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        record = self.record
         try:
-            await self._dispatch(scope, receive, send, observer)
+            body = await self._read_request(receive, send)
+            if body is not None:
+                await self._forward(body, receive, send)
         except BaseException as exc:
             if record.status_code is None:
                 # Nothing was sent yet; the server answers 500 on our behalf.
                 record.status_code = CLIENT_CLOSED_REQUEST if isinstance(exc, asyncio.CancelledError) else 500
             record.error_type = record.error_type or type(exc).__name__
-            record.error_message = record.error_message or str(exc)[:MAX_ERROR_MESSAGE_CHARS]
+            record.error_message = record.error_message or str(exc)[:ERROR_MESSAGE_MAX_CHARS]
             raise
         finally:
-            if not observer.submitted:
-                _submit(observer)
+            if not self.observer.submitted:
+                self._submit()
 
-    @staticmethod
-    def _identify_caller(scope: Scope, record: LogRecord) -> None:
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
-        }
-        key = presented_key(headers)
+    def _identify_caller(self, scope: Scope) -> None:
+        key = presented_key(Headers(scope=scope))
         if key is None:
             return
         try:
-            identity = get_key_store().identify(key)
+            identity = self.runtime.key_store.identify(key)
         except Exception:
             logger.warning("litellm_pglog: cannot identify the caller", exc_info=True)
             return
-        record.api_key = identity.alias if identity else INVALID_KEY_ALIAS
-        record.user_id = identity.user_id if identity else None
+        self.record.api_key = identity.alias if identity else INVALID_KEY_ALIAS
+        self.record.user_id = identity.user_id if identity else None
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, observer: ResponseObserver) -> None:
-        record = observer.record
+    async def _read_request(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole request body, or None when it was answered here (413, 400) or abandoned."""
+        max_bytes = self.runtime.settings.max_body_bytes
         try:
-            body = await self._read_body(scope, receive)
+            body = await _read_body(self.scope, receive, max_bytes)
         except BodyTooLarge as exc:
-            if exc.more_body and not _expects_continue(scope):
+            if exc.more_body and not _expects_continue(self.scope):
                 await _discard_rest_of_body(receive)
-            limit = self.max_body_bytes
-            message = f"Request body is larger than the gateway limit of {limit} bytes."
-            await self._reject(send, observer, 413, openai_error(message, "request_too_large"))
-            return
+            message = f"Request body is larger than the gateway limit of {max_bytes} bytes."
+            await self._reject(receive, send, 413, openai_error(message, "request_too_large"))
+            return None
         except ClientGone:
-            record.status_code = CLIENT_CLOSED_REQUEST
-            record.error_type = "client_disconnected"
-            return
+            self.record.status_code = CLIENT_CLOSED_REQUEST
+            self.record.error_type = "client_disconnected"
+            return None
         if body:
             try:
-                record.model, record.stream = describe_request(json.loads(body))
+                self.record.model, self.record.stream = describe_request(json.loads(body))
             except ValueError as exc:
                 message = f"Request body is not valid JSON: {_json_problem(exc)}."
-                await self._reject(send, observer, 400, openai_error(message, "invalid_json"))
-                return
+                await self._reject(receive, send, 400, openai_error(message, "invalid_json"))
+                return None
+        return body
 
+    async def _forward(self, body: bytes, receive: Receive, send: Send) -> None:
+        """Call the app with the body already read, watching for the client going away."""
         body_sent = False
 
         async def replay_body() -> Message:
@@ -316,73 +319,78 @@ class RequestLogMiddleware:
 
         async def observe_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = _ensure_call_id(message, record.request_id)
-            await _send_observed(observer, send, message)
+                message = _ensure_call_id(message, self.record.request_id)
+            await self._send_observed(send, message)
 
         async def watch_for_disconnect() -> None:
             # The body is fully read, so the server's next message is http.disconnect: when the
             # client goes away, or (uvicorn) right after the response completed.
             if (await receive())["type"] == "http.disconnect":
-                observer.on_disconnect()
+                self.observer.on_disconnect()
 
         watcher = asyncio.create_task(watch_for_disconnect())
         try:
-            await self.app(scope, replay_body, observe_send)
+            await self.app(self.scope, replay_body, observe_send)
         finally:
             watcher.cancel()
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise BodyTooLarge(more_body=True)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body") or b""
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BodyTooLarge(more_body=message.get("more_body", False))
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    @staticmethod
-    async def _reject(send: Send, observer: ResponseObserver, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        start = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                (CALL_ID_HEADER, observer.record.request_id.encode()),
-                # An oversized body may not have been read to its end: do not reuse the connection.
-                (b"connection", b"close"),
-            ],
+    async def _reject(self, receive: Receive, send: Send, status: int, payload: dict[str, Any]) -> None:
+        """Answer here without calling the app; observed like any answer."""
+        headers = {
+            CALL_ID_HEADER: self.record.request_id,
+            # An oversized body may not have been read to its end: do not reuse the connection.
+            "connection": "close",
         }
-        for message in (start, {"type": "http.response.body", "body": data, "more_body": False}):
-            await _send_observed(observer, send, message)
+
+        async def observed_send(message: Message) -> None:
+            await self._send_observed(send, message)
+
+        await JSONResponse(payload, status_code=status, headers=headers)(self.scope, receive, observed_send)
+
+    async def _send_observed(self, send: Send, message: Message) -> None:
+        _observe(self.observer, message)
+        if self.observer.complete and not self.observer.submitted:
+            # Submitted before the last byte leaves, so a process killed right after answering
+            # still has the record (the writer journals it on submit).
+            self._submit()
+        await send(message)
+
+    def _submit(self) -> None:
+        self.observer.submitted = True
+        self.record.latency_ms = round((time.perf_counter() - self.observer.started) * 1000, 3)
+        try:
+            self.observer.finish()
+            self.runtime.writer.submit(self.record)
+        except Exception:
+            logger.warning("litellm_pglog: could not log request %s", self.record.request_id, exc_info=True)
 
 
-async def _send_observed(observer: ResponseObserver, send: Send, message: Message) -> None:
-    _observe(observer, message)
-    if observer.complete and not observer.submitted:
-        # Submitted before the last byte leaves, so a process killed right after answering
-        # still has the record (the writer journals it on submit).
-        _submit(observer)
-    await send(message)
+async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    declared = Headers(scope=scope).get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(more_body=True)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body") or b""
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(more_body=message.get("more_body", False))
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _expects_continue(scope: Scope) -> bool:
     """A client that sent Expect: 100-continue waits for us before sending the body."""
-    return (_header(scope, b"expect") or "").lower() == "100-continue"
+    return Headers(scope=scope).get("expect", "").lower() == "100-continue"
 
 
 async def _discard_rest_of_body(receive: Receive) -> None:
     discarded = 0
-    while discarded <= MAX_DISCARDED_BODY_BYTES:
+    while discarded <= DISCARDED_BODY_MAX_BYTES:
         message = await receive()
         if message["type"] == "http.disconnect" or not message.get("more_body", False):
             return
@@ -400,34 +408,20 @@ def _observe(observer: ResponseObserver, message: Message) -> None:
         logger.warning("litellm_pglog: could not inspect a response message", exc_info=True)
 
 
-def _submit(observer: ResponseObserver) -> None:
-    observer.submitted = True
-    observer.record.latency_ms = round((time.perf_counter() - observer.started) * 1000, 3)
-    try:
-        observer.finish()
-        get_writer().submit(observer.record)
-    except Exception:
-        logger.warning("litellm_pglog: could not log request %s", observer.record.request_id, exc_info=True)
-
-
-def _with_call_id(headers: list[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
-    kept = [(name, value) for name, value in headers if name.lower() != CALL_ID_HEADER]
-    return [*kept, (CALL_ID_HEADER, request_id.encode())]
+def _with_call_id(scope: Scope, request_id: str) -> Scope:
+    """A copy of the scope whose call-id header is ours, whatever the client sent."""
+    scope = {**scope}
+    MutableHeaders(scope=scope)[CALL_ID_HEADER] = request_id  # copies the header list into scope
+    return scope
 
 
 def _ensure_call_id(message: Message, request_id: str) -> Message:
     """Answers LiteLLM produced before adopting the id (auth errors) get it too, for correlation."""
-    headers = list(message.get("headers") or ())
-    if any(name.lower() == CALL_ID_HEADER for name, _ in headers):
+    headers = MutableHeaders(raw=list(message.get("headers") or ()))
+    if CALL_ID_HEADER in headers:
         return message
-    return {**message, "headers": [*headers, (CALL_ID_HEADER, request_id.encode())]}
-
-
-def _header(scope: Scope, wanted: bytes) -> str | None:
-    for name, value in scope["headers"]:
-        if name.lower() == wanted:
-            return value.decode("latin-1")
-    return None
+    headers.append(CALL_ID_HEADER, request_id)
+    return {**message, "headers": headers.raw}
 
 
 def _json_problem(exc: ValueError) -> str:

@@ -1,4 +1,8 @@
-"""Runtime settings, read once from the environment.
+"""Runtime settings, read once from the environment by the entry point and passed on.
+
+``load_settings()`` is called where a process starts using this package (``asgi.py``, or the
+first LiteLLM hook in a process that does not run our ASGI app, see ``runtime.py``); every
+other module receives the ``Settings`` object and never reads the environment itself.
 
 LiteLLM starts Prisma when it sees DATABASE_URL (or builds one from DATABASE_HOST & co.),
 so this package only reads names that start with LITELLM_.
@@ -10,6 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from litellm_pglog.limits import DB_TIMEOUT_SECONDS
 
 
 class SettingsError(ValueError):
@@ -29,6 +35,9 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     master_key: str | None = field(default=None, repr=False)
     retry_max_seconds: float = 10.0
+    # Bound on connecting and on any one database call: a PostgreSQL that hangs instead of
+    # refusing is treated as down after this long (see db.CallDeadline).
+    db_timeout_seconds: float = DB_TIMEOUT_SECONDS
 
 
 def _positive(environ: Mapping[str, str], name: str, default: int | float, kind: type) -> int | float:
@@ -58,6 +67,7 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default: the process environment); raises SettingsError."""
     env = os.environ if environ is None else environ
     defaults = Settings()
     retry_max = _positive(env, "LITELLM_PGLOG_RETRY_MAX_SECONDS", defaults.retry_max_seconds, float)
@@ -73,4 +83,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_positive(env, "LITELLM_PGLOG_MAX_BODY_BYTES", defaults.max_body_bytes, int),
         master_key=env.get("LITELLM_MASTER_KEY") or None,
         retry_max_seconds=retry_max,
+        db_timeout_seconds=_positive(
+            env, "LITELLM_PGLOG_DB_TIMEOUT_SECONDS", defaults.db_timeout_seconds, float
+        ),
     )

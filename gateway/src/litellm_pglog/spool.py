@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from litellm_pglog.limits import JOURNAL_ROTATE_BYTES, JOURNAL_ROTATE_SECONDS
 from litellm_pglog.records import LogRecord
 
 log = logging.getLogger("litellm_pglog")
@@ -34,9 +35,6 @@ SPOOL_GLOB = f"{SPOOL_PREFIX}*.jsonl"
 JOURNAL_GLOB = f"{JOURNAL_PREFIX}*.jsonl"
 REPLAYABLE_GLOBS = (SPOOL_GLOB, JOURNAL_GLOB)
 REJECTED_PREFIX = "rejected-"
-# A journal is retired at this size or age; it is deleted once all its records are settled.
-JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
-JOURNAL_ROTATE_SECONDS = 2.0
 
 
 RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(LogRecord))

@@ -1,0 +1,113 @@
+"""Where the writer keeps records on disk: journal, spool, rejected file; and loud drops.
+
+See ``spool.py`` for the files themselves. This class adds the writer's policy around them:
+journal failures degrade to "in memory only" instead of failing a request, a full spool drops
+records with a count and an error line, and a refused record is kept apart for an operator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from litellm_pglog.db import describe_db_error
+from litellm_pglog.metrics import WriterMetrics
+from litellm_pglog.records import LogRecord
+from litellm_pglog.spool import ClaimedFile, Journal, JournalFile, Spool, encode_line
+
+log = logging.getLogger("litellm_pglog")
+
+
+class DurableStore:
+    """The journal and the spool of one writer, with its counting and its log lines."""
+
+    def __init__(self, directory: Path, max_bytes: int, metrics: WriterMetrics) -> None:
+        self.spool = Spool(directory, max_bytes)
+        self.journal = Journal(directory)
+        self._metrics = metrics
+        self._journal_failing = False
+
+    @property
+    def directory(self) -> Path:
+        return self.spool.directory
+
+    # ---- the journal: a copy of every record held in memory -----------------------------------
+
+    def journal_record(self, record: LogRecord) -> JournalFile | None:
+        """Journal one record; None when the journal cannot be written (logged once)."""
+        try:
+            journal_file = self.journal.append(encode_line(record))
+        except Exception as exc:  # e.g. disk full: the record is still queued, only a crash loses it
+            if not self._journal_failing:
+                self._journal_failing = True
+                log.error("cannot write the journal in %s: %s", self.directory, exc)
+            return None
+        if self._journal_failing:
+            self._journal_failing = False
+            log.warning("writing the journal in %s again", self.directory)
+        return journal_file
+
+    def settle(self, journal_files: Iterable[JournalFile | None]) -> None:
+        self.journal.settle(journal_files)
+
+    # ---- the spool: records PostgreSQL could not take (yet) -----------------------------------
+
+    def spool_records(self, records: list[LogRecord], sync: bool) -> None:
+        """Append to the spool; what does not fit under its bound is dropped, counted and logged."""
+        if not records:
+            return
+        try:
+            stored = self.spool.append([encode_line(r) for r in records], sync=sync)
+        except OSError as exc:
+            stored = 0
+            log.error("cannot write the spool in %s: %s", self.directory, exc)
+        self._metrics.count("spooled", stored)
+        if stored < len(records):
+            self.drop(len(records) - stored, f"spool full ({self.spool.max_bytes} bytes)")
+
+    def claim_files(self) -> Iterator[ClaimedFile]:
+        """Seal this writer's spool file and claim every file no live writer holds."""
+        self.spool.seal()
+        return self.spool.claim_files()
+
+    def replay(self, claimed: ClaimedFile, batch_size: int, write: Callable[[list[LogRecord]], None]) -> None:
+        """Hand the file's records to ``write`` in batches, then delete it.
+
+        Should ``write`` raise, the file is released for a later attempt and the error re-raised.
+        """
+        try:
+            for batch in claimed.batches(batch_size, self._on_bad_line):
+                write(batch)
+        except Exception:
+            claimed.release()
+            raise
+        claimed.remove()
+        log.info("replayed spool file %s", claimed.path.name)
+
+    def _on_bad_line(self, number: int, reason: str) -> None:
+        self.drop(1, f"unreadable spool line {number} ({reason})")
+
+    # ---- records that cannot be kept ----------------------------------------------------------
+
+    def reject(self, record: LogRecord, exc: BaseException) -> None:
+        """Keep a record PostgreSQL refused for good where replays never pick it up again."""
+        reason = describe_db_error(exc)
+        self.spool.reject(json.dumps({"error": reason, "record": record.to_json_dict()}).encode() + b"\n")
+        self._metrics.count("rejected")
+        log.error(
+            "PostgreSQL refused the log record for request %s (%s); kept in %s",
+            record.request_id,
+            reason,
+            self.directory,
+        )
+
+    def drop(self, amount: int, reason: str) -> None:
+        self._metrics.count("dropped", amount)
+        log.error("LOG RECORDS LOST: dropped %d record(s): %s", amount, reason)
+
+    def close(self) -> None:
+        """Seal the spool file and the journal for whichever process replays next."""
+        self.spool.seal()
+        self.journal.close()

@@ -1,0 +1,70 @@
+"""The writer's counts: per writer for ``stats()``, and the process's Prometheus series."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+COUNT_NAMES = ("submitted", "written", "spooled", "replayed", "dropped", "rejected", "db_errors")
+
+
+class PrometheusSeries:
+    """The process's pglog_* series, created once (several writers may exist, e.g. in tests)."""
+
+    def __init__(self) -> None:
+        try:
+            from prometheus_client import Counter, Gauge
+        except ImportError:  # metrics are best effort
+            self.rows_written = self.spooled = self.dropped = self.queue_depth = None
+            return
+        self.rows_written = _get_or_create(Counter, "pglog_rows_written", "Request rows upserted")
+        self.spooled = _get_or_create(Counter, "pglog_records_spooled", "Records written to the spool")
+        self.dropped = _get_or_create(Counter, "pglog_records_dropped", "Records lost: spool full")
+        self.queue_depth = _get_or_create(Gauge, "pglog_queue_depth", "Records waiting in memory")
+
+
+def _get_or_create(kind: type, name: str, documentation: str) -> Any:
+    try:
+        return kind(name, documentation)
+    except ValueError:  # already registered, e.g. module re-imported under another name
+        from prometheus_client import REGISTRY
+
+        return REGISTRY._names_to_collectors.get(name)  # no public lookup exists
+
+
+SERIES = PrometheusSeries()
+
+
+class WriterMetrics:
+    """One writer's counts; those with a Prometheus series are mirrored into it.
+
+    pglog_rows_written counts request rows upserted (two halves of one request merged in a
+    batch are one row), while the ``written`` count is of records: see ``rows_written()``.
+    """
+
+    def __init__(self, series: PrometheusSeries = SERIES) -> None:
+        self._series = series
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNT_NAMES, 0)
+        self._mirrors = {"spooled": series.spooled, "dropped": series.dropped}
+
+    def count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += amount
+        _increment(self._mirrors.get(name), amount)
+
+    def rows_written(self, rows: int) -> None:
+        _increment(self._series.rows_written, rows)
+
+    def queue_depth(self, depth: int) -> None:
+        if self._series.queue_depth is not None:
+            self._series.queue_depth.set(depth)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def _increment(metric: Any, amount: int) -> None:
+    if metric is not None and amount:
+        metric.inc(amount)
