@@ -88,6 +88,24 @@ ensure_lab_prerequisites() {
   export PATH="$VENV/bin:$PATH"
 }
 
+# .lab/lab.env: where the deployed lab answers, in shell syntax, for people and for every lab
+# script (benchmarks/lab/labctl.py reads it). LAB_CA_FILE stays empty while the lab has no TLS.
+write_lab_env() {
+  local env_file="$LITELLM_LAB_DIR/lab.env"
+  cat > "$env_file.tmp" <<ENV
+# Written by scripts/lab-deploy and scripts/test; source it: . .lab/lab.env
+LAB_GATEWAY_URL=http://192.168.10.18:4000
+LAB_CA_FILE=
+LAB_SECRETS_DIR=$LITELLM_LAB_DIR/secrets
+LAB_NETWORK=litellm-lab
+LAB_GATEWAY_HOST=hx-litellm-server
+LAB_POSTGRES_HOST=hx-postgres-server
+LAB_POSTGRES_ADDRESS=192.168.10.19
+LAB_UPSTREAM_URL=http://192.168.10.20:8080
+ENV
+  chmod 0600 "$env_file.tmp" && mv "$env_file.tmp" "$env_file"
+}
+
 # Fail when a playbook run's recap reports any change (for --check --diff runs).
 assert_no_changes() {
   local recap

@@ -16,18 +16,29 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-LAB_SECRETS = REPO / ".lab" / "secrets"
 RESULTS = REPO / "results"
 
-GATEWAY_HOST = "hx-litellm-server"
-POSTGRES_HOST = "hx-postgres-server"
-GATEWAY_URL = "http://192.168.10.18:4000"
-GATEWAY_ADDRESS = "192.168.10.18"
-LAB_NETWORK = "litellm-lab"
+
+def read_lab_env(path: Path = REPO / ".lab" / "lab.env") -> dict[str, str]:
+    """KEY=VALUE lines of .lab/lab.env (written by scripts/lab-deploy); empty when missing."""
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
+
+
+LAB_ENV = read_lab_env()
+LAB_SECRETS = Path(LAB_ENV.get("LAB_SECRETS_DIR") or REPO / ".lab" / "secrets")
+GATEWAY_HOST = LAB_ENV.get("LAB_GATEWAY_HOST", "hx-litellm-server")
+POSTGRES_HOST = LAB_ENV.get("LAB_POSTGRES_HOST", "hx-postgres-server")
+GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_URL", "http://192.168.10.18:4000")
+GATEWAY_ADDRESS = urlsplit(GATEWAY_URL).hostname or "192.168.10.18"
+LAB_NETWORK = LAB_ENV.get("LAB_NETWORK", "litellm-lab")
 LAB_ADDRESSES = ("192.168.10.18", "192.168.10.19", "192.168.10.20")
 SERVICE = "litellm-gateway"
 POSTGRES_UNIT = "postgresql@17-main"
