@@ -7,6 +7,7 @@ Everything goes through ``docker exec`` into the lab's own containers or to the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -26,6 +27,8 @@ GATEWAY_HOST = "hx-litellm-server"
 POSTGRES_HOST = "hx-postgres-server"
 GATEWAY_URL = "http://192.168.10.18:4000"
 GATEWAY_ADDRESS = "192.168.10.18"
+LAB_NETWORK = "litellm-lab"
+LAB_ADDRESSES = ("192.168.10.18", "192.168.10.19", "192.168.10.20")
 SERVICE = "litellm-gateway"
 POSTGRES_UNIT = "postgresql@17-main"
 DATABASE = "litellm_db"
@@ -59,8 +62,48 @@ def docker_exec(container: str, argv: list[str], stdin: str = "", timeout: float
     return result.stdout
 
 
+def lab_bridge() -> str:
+    """The Linux bridge of the lab's Docker network (its own name option, else br-<network id>)."""
+    result = subprocess.run(
+        ["docker", "network", "inspect", LAB_NETWORK], capture_output=True, text=True, timeout=30, check=False
+    )
+    if result.returncode != 0:
+        raise LabError(f"no docker network {LAB_NETWORK}: {result.stderr.strip()}")
+    network = json.loads(result.stdout)[0]
+    if network.get("Driver") != "bridge":
+        raise LabError(f"docker network {LAB_NETWORK} is not a bridge network")
+    return network.get("Options", {}).get("com.docker.network.bridge.name") or f"br-{network['Id'][:12]}"
+
+
+def require_lab_route() -> None:
+    """Refuse to send traffic unless every lab address routes via the lab's own Docker bridge.
+
+    The traffic rule of these machines: load and fault traffic only to loopback or the lab's
+    containers. 192.168.10.0/24 is a common private range; if the lab network is gone, the same
+    address could route to a real host on another interface.
+    """
+    try:
+        bridge = lab_bridge()
+    except (LabError, OSError, subprocess.TimeoutExpired, ValueError, KeyError, IndexError) as exc:
+        sys.exit(f"refusing to send traffic: cannot find the lab bridge ({exc})")
+    for address in LAB_ADDRESSES:
+        out = subprocess.run(
+            ["ip", "-j", "route", "get", address], capture_output=True, text=True, check=False
+        )
+        try:
+            device = json.loads(out.stdout)[0].get("dev")
+        except (ValueError, IndexError):
+            device = None
+        if device != bridge:
+            sys.exit(
+                f"refusing to send traffic: {address} routes via {device or out.stderr.strip() or '?'},"
+                f" not via {bridge} (bridge of docker network {LAB_NETWORK})"
+            )
+
+
 def require_deployed_lab() -> None:
-    """One clear line when the lab is missing, instead of a stack trace later."""
+    """One clear line when the lab is missing, instead of a stack trace later; checks the route too."""
+    require_lab_route()
     try:
         state = docker_exec(GATEWAY_HOST, ["systemctl", "is-active", SERVICE], timeout=20).strip()
     except (LabError, OSError, subprocess.TimeoutExpired):
@@ -91,6 +134,26 @@ def postgres(action: str) -> None:
     docker_exec(POSTGRES_HOST, ["systemctl", action, POSTGRES_UNIT])
 
 
+def postgres_pids() -> list[str]:
+    """Every process of the postgres user on the database host (postmaster and backends)."""
+    out = docker_exec(POSTGRES_HOST, ["sh", "-c", "pgrep -u postgres || true"])
+    return [pid for pid in out.split() if pid.isdigit()]
+
+
+def postgres_signal(signal: str) -> int:
+    """Send STOP or CONT to every postgres process by PID; returns how many got it.
+
+    SIGSTOP freezes PostgreSQL without closing any connection: the kernel still accepts and
+    acknowledges TCP, nothing answers (a hung database, not a refusing one).
+    """
+    if signal not in ("STOP", "CONT"):
+        raise ValueError(signal)
+    pids = postgres_pids()
+    if pids:
+        docker_exec(POSTGRES_HOST, ["kill", f"-{signal}", *pids])
+    return len(pids)
+
+
 def postgres_ready(timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,20 +169,22 @@ def account(client_status: dict[str, int]) -> dict[str, int]:
     """Compare request ids the clients received with the rows in ``requests``.
 
     lost = answered requests without a row; duplicated = rows beyond one per request id;
-    status_mismatch = rows whose status_code differs from what the client received.
+    status_mismatch = rows whose status_code differs from what the client received;
+    without_status = rows holding only the usage callback's record (the middleware's, which
+    carries the status, never arrived: only possible when records were dropped).
     """
+    names = ("sent", "rows", "found", "lost", "duplicated", "status_mismatch", "without_status")
     if not client_status:
-        return dict.fromkeys(
-            ("sent", "rows", "found", "lost", "duplicated", "status_mismatch", "without_responses_row"), 0
-        )
+        return dict.fromkeys((*names, "without_responses_row"), 0)
     out = psql(
         _sent_table(client_status) + "SELECT count(r.id), count(DISTINCT r.request_id),"
         " count(r.id) FILTER (WHERE r.status_code IS DISTINCT FROM s.status),"
+        " count(r.id) FILTER (WHERE r.status_code IS NULL),"
         " count(r.id) FILTER (WHERE NOT EXISTS"
         " (SELECT 1 FROM responses p WHERE p.request_id_fk = r.id))"
         " FROM sent s JOIN requests r ON r.request_id = s.request_id;\n"
     )
-    rows, found, mismatch, no_response = (int(v) for v in out.splitlines()[-1].split("|"))
+    rows, found, mismatch, without_status, no_response = (int(v) for v in out.splitlines()[-1].split("|"))
     return {
         "sent": len(client_status),
         "rows": rows,
@@ -127,6 +192,7 @@ def account(client_status: dict[str, int]) -> dict[str, int]:
         "lost": len(client_status) - found,
         "duplicated": rows - found,
         "status_mismatch": mismatch,
+        "without_status": without_status,
         "without_responses_row": no_response,
     }
 
@@ -241,6 +307,7 @@ def apply_gateway_env(overrides: dict[str, str]) -> float:
 
 def restore() -> bool:
     """Remove the drop-in (restarting the gateway) and make sure PostgreSQL runs; True if changed."""
+    postgres_signal("CONT")  # a hang drill interrupted while PostgreSQL was frozen
     postgres("start")
     present = docker_exec(GATEWAY_HOST, ["sh", "-c", f"ls {DROPIN_CONF} {DROPIN_ENV} 2>/dev/null || true"])
     active = docker_exec(GATEWAY_HOST, ["sh", "-c", f"systemctl is-active {SERVICE} || true"]).strip()
@@ -277,6 +344,7 @@ def cpu_seconds() -> dict[str, float]:
 
 
 def journal_since(since_epoch: float, grep: str | None = None) -> list[str]:
+    """The gateway's journal lines (on the gateway host) since an epoch time."""
     argv = ["journalctl", "-u", SERVICE, "--no-pager", "-o", "cat", f"--since=@{int(since_epoch)}"]
     lines = docker_exec(GATEWAY_HOST, argv).splitlines()
     return [line for line in lines if grep is None or grep in line]
@@ -288,11 +356,16 @@ def metric(name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def spooled_request_ids() -> set[str]:
-    """Request ids in the gateway's spool files right now."""
+def spooled_records() -> list[str]:
+    """The request id of every record in the gateway's spool files right now (one per record)."""
     script = f"cat {SPOOL_DIR}/pglog-*.jsonl 2>/dev/null || true"
     out = docker_exec(GATEWAY_HOST, ["sh", "-c", script])
-    return set(re.findall(r'"request_id":"([0-9a-f-]{36})"', out))
+    return re.findall(r'"request_id":"([0-9a-f-]{36})"', out)
+
+
+def spooled_request_ids() -> set[str]:
+    """Request ids in the gateway's spool files right now."""
+    return set(spooled_records())
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -318,5 +391,7 @@ if __name__ == "__main__":
         print("lab restored (drop-in removed, gateway restarted)" if restore() else "lab already as deployed")
     elif sys.argv[1:] == ["check"]:
         require_deployed_lab()
+    elif sys.argv[1:] == ["route"]:
+        require_lab_route()
     else:
-        sys.exit("usage: labctl.py restore|check")
+        sys.exit("usage: labctl.py restore|check|route")

@@ -30,8 +30,17 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+def save(figure, path: Path) -> Path:
+    """Write a figure; results/ is git-ignored, so a fresh clone does not have it yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def write(name: str, markdown: str, data: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
     path.write_text(markdown)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
@@ -55,10 +64,7 @@ def latency_cdf_plot(path: Path, title: str, panels: list[tuple[str, dict[str, l
         axis.grid(True, alpha=0.3)
         axis.legend()
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def timeline_plot(path: Path, title: str, samples, events: list[tuple[float, str]]) -> Path:
@@ -82,7 +88,4 @@ def timeline_plot(path: Path, title: str, samples, events: list[tuple[float, str
     axis.set_title(title)
     axis.grid(True, alpha=0.3)
     axis.legend(loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)

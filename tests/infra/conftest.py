@@ -126,13 +126,26 @@ def db_password() -> Secret:
 
 LAB_CONTAINERS = (POSTGRES_HOST, GATEWAY_HOST, UPSTREAM_HOST)
 
-# Lists the regular files below the given roots that are readable by "other" and contain any
-# of the secrets read from stdin (one per line). Prints only paths, never content.
+# Lists the regular files of the whole filesystem that are readable by "other" and contain any of
+# the secrets read from stdin (one per line). Like `find / -xdev`: the root filesystem without
+# descending into other mounts (/proc, /sys, /dev and any other mount point are skipped), plus the
+# extra roots given as arguments (tmpfs /run, the docker-mounted caches), each walked the same way.
+# Prints the number of files read, then the paths found, never content.
 _WORLD_READABLE_SECRET_SCAN = """
 import os, stat, sys
 secrets = [line.rstrip("\\n").encode() for line in sys.stdin if line.strip()]
-for root in sys.argv[1:]:
-    for directory, _, files in os.walk(root):
+skipped = {"/proc", "/sys", "/dev"}
+scanned, found = 0, []
+for root in ["/", *sys.argv[1:]]:
+    if not os.path.isdir(root):
+        continue
+    device = os.lstat(root).st_dev
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [
+            d for d in subdirs
+            if os.path.join(directory, d) not in skipped
+            and os.lstat(os.path.join(directory, d)).st_dev == device
+        ]
         for name in files:
             path = os.path.join(directory, name)
             try:
@@ -143,8 +156,11 @@ for root in sys.argv[1:]:
                     data = handle.read()
             except OSError:
                 continue
+            scanned += 1
             if any(secret in data for secret in secrets):
-                print(path)
+                found.append(path)
+print(scanned)
+print("\\n".join(found))
 """
 
 
@@ -165,10 +181,18 @@ def secrets_in(text: str, secrets: dict[str, Secret]) -> list[str]:
     return [name for name, value in secrets.items() if value in text]
 
 
-def world_readable_files_with_secrets(
-    container: str, roots: list[str], secrets: dict[str, Secret]
-) -> list[str]:
+# Mounts that `-xdev` alone would skip but that hold files: the tmpfs /run and the docker-mounted
+# caches of molecule.yml (apt archives, pip cache).
+EXTRA_SCAN_ROOTS = ["/run", "/var/cache/apt/archives", "/root/.cache/pip"]
+
+
+def world_readable_files_with_secrets(container: str, secrets: dict[str, Secret]) -> tuple[int, list[str]]:
+    """(files read, world-readable files holding a secret) over the host's whole filesystem."""
     stdin = "".join(value + "\n" for value in secrets.values())
-    result = docker_exec(container, ["python3", "-c", _WORLD_READABLE_SECRET_SCAN, *roots], stdin=stdin)
+    argv = ["python3", "-c", _WORLD_READABLE_SECRET_SCAN, *EXTRA_SCAN_ROOTS]
+    result = subprocess.run(
+        ["docker", "exec", "-i", container, *argv], input=stdin, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
-    return result.stdout.split()
+    scanned, *paths = result.stdout.splitlines()
+    return int(scanned), [path for path in paths if path]

@@ -18,7 +18,15 @@ from conftest import GATEWAY_ADDRESS, UPSTREAM_HOST, docker_exec, lab_secret, sq
 TARGET = [GATEWAY_ADDRESS, "4000", "/v1/chat/completions"]
 MODEL = "gpt-4o-mini"
 HOSTILE_TEXT = "Grüße 🚀 ∑ 日本語 ' OR '1'='1'; DROP TABLE requests; -- \" \\ %s $1 \u0000 <script>"
+# What the writer stores for it: PostgreSQL text cannot hold NUL, the writer replaces it by U+FFFD.
+HOSTILE_TEXT_STORED = HOSTILE_TEXT.replace("\x00", "\ufffd")
 TEN_MB = 10 * 1024 * 1024
+MALFORMED_JSON = '{"model": "gpt-4o-mini",\n "messages": ['
+# Where Python's JSON parser (and so LiteLLM's error) places the fault in MALFORMED_JSON.
+try:
+    json.loads(MALFORMED_JSON)
+except json.JSONDecodeError as exc:
+    MALFORMED_AT = f"line {exc.lineno} column {exc.colno}"
 
 # Sends one request described by a JSON document on stdin: {"headers": {...}, "body": str,
 # "pad_to": bytes}. Prints status, x-litellm-call-id and the answer's JSON error (if any).
@@ -65,8 +73,9 @@ CASES = {
     "no Authorization header": ({"Content-Type": JSON}, None, chat_body(), 0, 401),
     "wrong key": ({"Content-Type": JSON}, "wrong-key-0123456789", chat_body(), 0, 401),
     "wrong model": ({"Content-Type": JSON}, "TEST_KEY", chat_body(model="no-such-model"), 0, 400),
-    "malformed JSON": ({"Content-Type": JSON}, "TEST_KEY", '{"model": "gpt-4o-mini", "messages": [', 0, 400),
+    "malformed JSON": ({"Content-Type": JSON}, "TEST_KEY", MALFORMED_JSON, 0, 400),
     "empty body": ({"Content-Type": JSON}, "TEST_KEY", "", 0, 400),
+    "no messages": ({"Content-Type": JSON}, "TEST_KEY", json.dumps({"model": MODEL}), 0, 400),
     # The body is JSON, so it is served whatever the header claims (LiteLLM parses the bytes).
     "wrong content type": ({"Content-Type": "text/plain"}, "TEST_KEY", chat_body(), 0, 200),
     "10 MB body": ({"Content-Type": JSON}, "TEST_KEY", "", TEN_MB, 413),
@@ -80,6 +89,23 @@ CASES = {
         0,
         200,
     ),
+    # The model name is stored (requests.model) and echoed in the error: it must round-trip.
+    "unicode and SQL metacharacters in the model name": (
+        {"Content-Type": JSON},
+        "TEST_KEY",
+        chat_body(model=HOSTILE_TEXT),
+        0,
+        400,
+    ),
+}
+
+# The documented error messages (README, "Bad input"): a substring of the answer's error message.
+MESSAGES = {
+    "wrong model": "Invalid model name passed in model=no-such-model",
+    "malformed JSON": MALFORMED_AT,
+    "empty body": "Missing required parameter: 'messages'",
+    "no messages": "Missing required parameter: 'messages'",
+    "unicode and SQL metacharacters in the model name": "Invalid model name passed in model=",
 }
 
 
@@ -104,12 +130,17 @@ def answers(table_sizes_before) -> dict[str, dict]:
 
 
 def logged_rows(call_ids: list[str], timeout: float = 30.0) -> dict[str, dict]:
-    """request_id -> its row (status, api_key, model, error_type, responses rows), once all are in."""
+    """request_id -> its row (status, api_key, model, error_type, error_message, responses rows).
+
+    Text columns that may hold anything (model, error_message) travel hex-encoded.
+    """
     assert all(re.fullmatch(r"[0-9a-f-]{36}", call_id) for call_id in call_ids)
     quoted = ", ".join(f"'{call_id}'" for call_id in call_ids)
     sql = (
-        "SELECT req.request_id, req.status_code, coalesce(req.api_key, ''), coalesce(req.model, ''),"
-        " coalesce(req.error_type, ''), count(r.id), (SELECT count(*) FROM requests d"
+        "SELECT req.request_id, req.status_code, coalesce(req.api_key, ''),"
+        " encode(convert_to(coalesce(req.model, ''), 'UTF8'), 'hex'), coalesce(req.error_type, ''),"
+        " encode(convert_to(coalesce(req.error_message, ''), 'UTF8'), 'hex'),"
+        " count(r.id), (SELECT count(*) FROM requests d"
         " WHERE d.request_id = req.request_id) FROM requests req"
         " LEFT JOIN responses r ON r.request_id_fk = req.id"
         f" WHERE req.request_id IN ({quoted}) GROUP BY req.id"
@@ -118,12 +149,13 @@ def logged_rows(call_ids: list[str], timeout: float = 30.0) -> dict[str, dict]:
     while True:
         rows = {}
         for line in filter(None, sql_as_postgres(sql).splitlines()):
-            request_id, status, api_key, model, error_type, responses, copies = line.split("|")
+            request_id, status, api_key, model, error_type, error_message, responses, copies = line.split("|")
             rows[request_id] = {
                 "status": int(status),
                 "api_key": api_key,
-                "model": model,
+                "model": bytes.fromhex(model).decode(),
                 "error_type": error_type,
+                "error_message": bytes.fromhex(error_message).decode(),
                 "responses": int(responses),
                 "copies": int(copies),
             }
@@ -146,6 +178,8 @@ def test_bad_input_gets_the_expected_status_and_a_clear_error(answers, name):
     if expected >= 400:
         assert isinstance(answer["error"], dict), "an error answer must be an OpenAI-style JSON error"
         assert answer["error"].get("message")
+    if name in MESSAGES:
+        assert MESSAGES[name] in str(answer["error"]["message"])
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -171,6 +205,18 @@ def test_gateway_refusals_are_logged_with_their_reason(answers, rows):
     assert answers["10 MB body"]["error"]["code"] == "request_too_large"
     assert answers["malformed JSON"]["error"]["code"] == "invalid_json"
     assert rows[answers["malformed JSON"]["call_id"]]["error_type"] == "invalid_request_error"
+
+
+def test_hostile_model_name_round_trips_through_the_model_column(answers, rows):
+    row = rows[answers["unicode and SQL metacharacters in the model name"]["call_id"]]
+    assert row["model"] == HOSTILE_TEXT_STORED
+
+
+def test_error_answers_are_stored_with_their_message(answers, rows):
+    """requests.error_message holds the message the client got (documented ones included)."""
+    for name, message in MESSAGES.items():
+        stored = rows[answers[name]["call_id"]]["error_message"]
+        assert message in stored, f"{name}: {stored[:200]!r}"
 
 
 def test_hostile_text_leaves_the_tables_intact(answers, rows, table_sizes_before):

@@ -14,12 +14,10 @@ import time
 import pytest
 from conftest import (
     GATEWAY_ADDRESS,
-    GATEWAY_HOST,
     UPSTREAM_HOST,
     docker_exec,
     secrets_in,
     sql_as_postgres,
-    world_readable_files_with_secrets,
 )
 
 SERVICE = "litellm-gateway"
@@ -197,11 +195,6 @@ def test_keys_file_holds_hashes_only(gateway_host, secrets):
     )
 
 
-def test_no_secret_in_world_readable_files(secrets):
-    roots = ["/etc", "/opt/litellm", "/var/lib/litellm", "/var/log/litellm"]
-    assert world_readable_files_with_secrets(GATEWAY_HOST, roots, secrets) == []
-
-
 def test_no_secret_in_unit_properties_or_process_arguments(gateway_host, secrets):
     show = gateway_host.check_output(f"systemctl show {SERVICE}")
     processes = gateway_host.check_output("ps -eo args")
@@ -231,8 +224,8 @@ def test_invalid_key_gets_401(smoke_requests):
     assert smoke_requests["invalid key"]["status"] == 401
 
 
-def test_invalid_model_gets_4xx(smoke_requests):
-    assert 400 <= smoke_requests["invalid model"]["status"] < 500
+def test_invalid_model_gets_400(smoke_requests):
+    assert smoke_requests["invalid model"]["status"] == 400
 
 
 def test_every_request_is_logged_with_the_status_the_client_received(smoke_requests):
