@@ -230,6 +230,30 @@ def test_earliest_timestamp_wins(make_writer, migrated_url):
     assert stored(migrated_url)["t"]["created_at"] == now - timedelta(hours=1)
 
 
+@pytest.mark.parametrize("same_batch", [True, False], ids=["same-batch", "separate-batches"])
+def test_later_non_null_values_win(make_writer, migrated_url, same_batch):
+    # Nothing is written before a flush: "same-batch" merges in memory, the other in the upsert.
+    writer = make_writer(flush_interval=3600, batch_size=1000)
+    earlier = LogRecord(
+        request_id="later",
+        model="earlier-model",
+        status_code=500,
+        latency_ms=1.0,
+        prompt_tokens=1,
+        completion_tokens=2,
+        total_tokens=3,
+    )
+
+    writer.submit(earlier)
+    if not same_batch:
+        assert writer.flush(FLUSH_TIMEOUT)
+    writer.submit(http_half("later"))
+    writer.submit(usage_half("later"))
+    assert writer.flush(FLUSH_TIMEOUT)
+
+    assert_merged(stored(migrated_url)["later"])
+
+
 # ---- PostgreSQL unavailable -------------------------------------------------------------------
 
 
