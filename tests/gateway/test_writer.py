@@ -354,6 +354,37 @@ def test_stop_while_database_down_spools_everything(make_writer, down_url, spool
     assert all(f"pglog-{os.getpid()}-" in path.name for path in spool_files(spool_dir))
 
 
+# Far beyond stop()'s timeout below: the writer thread stays stuck on the hung database meanwhile.
+STUCK_DB_TIMEOUT_SECONDS = 60
+
+
+def test_stop_spools_what_a_stuck_writer_thread_holds(make_writer, pg_cluster, migrated_url, spool_dir):
+    ids = [f"stuck-{n}" for n in range(120)]
+    with StallingProxy(pg_cluster.port) as proxy:
+        url = pg_cluster.url_for(migrated_url.rsplit("/", 1)[1], port=proxy.port)
+        writer = make_writer(url, db_timeout_seconds=STUCK_DB_TIMEOUT_SECONDS, batch_size=50)
+        writer.submit(http_half("warm-up"))
+        assert writer.flush(FLUSH_TIMEOUT)
+
+        proxy.stall()
+        for request_id in ids:
+            writer.submit(http_half(request_id))
+        # The thread took one batch (in flight, stuck on the database); the rest waits in the queue.
+        wait_for(lambda: writer.stats()["queue_depth"] == len(ids) - 50)
+        started = time.monotonic()
+        writer.stop(1)
+        stop_seconds = time.monotonic() - started
+        spooled = [line["request_id"] for line in spooled_lines(spool_dir)]
+
+        proxy.resume()  # the stuck batch goes through after all: the upsert makes that harmless
+        wait_for(lambda: writer.stats()["written"] == 1 + 50)
+
+    assert stop_seconds < 5, f"stop() took {stop_seconds:.1f} s"
+    assert sorted(spooled) == sorted(ids), "stop() did not spool what the stuck writer thread held"
+    make_writer()  # the next process replays the spool, once
+    wait_for(lambda: sorted(stored(migrated_url)) == sorted(["warm-up", *ids]) and not spool_files(spool_dir))
+
+
 def test_next_writer_replays_the_spool_once(make_writer, down_url, migrated_url, spool_dir):
     previous = make_writer(down_url)
     for n in range(100):
