@@ -16,6 +16,7 @@ from litellm_pglog import runtime
 from litellm_pglog.db import make_engine
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS
 from litellm_pglog.models import Request, Response
+from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError, load_settings
 from litellm_pglog.sink import write_records
@@ -291,6 +292,20 @@ def test_database_outage_loses_and_duplicates_nothing(
     assert "PostgreSQL unavailable" in caplog.text
     assert "PostgreSQL reachable again" in caplog.text
     assert pg_cluster.password not in caplog.text
+
+
+def test_recovery_asks_for_a_spool_replay_at_once(tmp_path):
+    # Spool files a failed replay attempt sealed are no longer "being spooled to": after the
+    # recovery they must be replayed at once, not at the next periodic scan (SPOOL_SCAN_SECONDS).
+    outage = OutageState(retry_max_seconds=0.3, where="test", spool_directory=tmp_path)
+    assert outage.replay_due(lambda: True, spooling_now=False)  # a new writer replays at once
+    outage.replay_started()
+    assert not outage.replay_due(lambda: True, spooling_now=False)
+
+    outage.mark_down("connection refused")
+    outage.mark_up()
+
+    assert outage.replay_due(lambda: True, spooling_now=False)
 
 
 # The writer's bound on any database call in the hung test; 2 s is libpq's smallest connect_timeout.
