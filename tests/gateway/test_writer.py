@@ -400,6 +400,24 @@ def test_stop_spools_what_a_stuck_writer_thread_holds(make_writer, pg_cluster, m
     wait_for(lambda: sorted(stored(migrated_url)) == sorted(["warm-up", *ids]) and not spool_files(spool_dir))
 
 
+def test_flush_is_not_done_while_the_last_record_is_held(make_writer, pg_cluster, migrated_url):
+    with StallingProxy(pg_cluster.port) as proxy:
+        url = pg_cluster.url_for(migrated_url.rsplit("/", 1)[1], port=proxy.port)
+        writer = make_writer(url, db_timeout_seconds=STUCK_DB_TIMEOUT_SECONDS)
+        writer.submit(http_half("first"))
+        wait_for(lambda: writer.stats()["written"] == 1)  # the pool holds a connection through the proxy
+
+        proxy.stall()
+        writer.submit(http_half("held"))  # the writer thread takes it and waits on the hung database
+        assert not writer.flush(1), "flush() reported success with a record neither written nor spooled"
+
+        proxy.resume()
+        assert writer.flush(FLUSH_TIMEOUT)
+        writer.stop(10)  # before its connections through the proxy go away
+
+    assert sorted(stored(migrated_url)) == ["first", "held"]
+
+
 def test_next_writer_replays_the_spool_once(make_writer, down_url, migrated_url, spool_dir):
     previous = make_writer(down_url)
     for n in range(100):
