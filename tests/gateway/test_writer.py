@@ -16,6 +16,7 @@ from litellm_pglog import runtime
 from litellm_pglog.db import make_engine
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS
 from litellm_pglog.models import Request, Response
+from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError, load_settings
 from litellm_pglog.sink import write_records
@@ -230,6 +231,30 @@ def test_earliest_timestamp_wins(make_writer, migrated_url):
     assert stored(migrated_url)["t"]["created_at"] == now - timedelta(hours=1)
 
 
+@pytest.mark.parametrize("same_batch", [True, False], ids=["same-batch", "separate-batches"])
+def test_later_non_null_values_win(make_writer, migrated_url, same_batch):
+    # Nothing is written before a flush: "same-batch" merges in memory, the other in the upsert.
+    writer = make_writer(flush_interval=3600, batch_size=1000)
+    earlier = LogRecord(
+        request_id="later",
+        model="earlier-model",
+        status_code=500,
+        latency_ms=1.0,
+        prompt_tokens=1,
+        completion_tokens=2,
+        total_tokens=3,
+    )
+
+    writer.submit(earlier)
+    if not same_batch:
+        assert writer.flush(FLUSH_TIMEOUT)
+    writer.submit(http_half("later"))
+    writer.submit(usage_half("later"))
+    assert writer.flush(FLUSH_TIMEOUT)
+
+    assert_merged(stored(migrated_url)["later"])
+
+
 # ---- PostgreSQL unavailable -------------------------------------------------------------------
 
 
@@ -267,6 +292,20 @@ def test_database_outage_loses_and_duplicates_nothing(
     assert "PostgreSQL unavailable" in caplog.text
     assert "PostgreSQL reachable again" in caplog.text
     assert pg_cluster.password not in caplog.text
+
+
+def test_recovery_asks_for_a_spool_replay_at_once(tmp_path):
+    # Spool files a failed replay attempt sealed are no longer "being spooled to": after the
+    # recovery they must be replayed at once, not at the next periodic scan (SPOOL_SCAN_SECONDS).
+    outage = OutageState(retry_max_seconds=0.3, where="test", spool_directory=tmp_path)
+    assert outage.replay_due(lambda: True, spooling_now=False)  # a new writer replays at once
+    outage.replay_started()
+    assert not outage.replay_due(lambda: True, spooling_now=False)
+
+    outage.mark_down("connection refused")
+    outage.mark_up()
+
+    assert outage.replay_due(lambda: True, spooling_now=False)
 
 
 # The writer's bound on any database call in the hung test; 2 s is libpq's smallest connect_timeout.
@@ -328,6 +367,55 @@ def test_stop_while_database_down_spools_everything(make_writer, down_url, spool
     lines = [json.loads(line) for path in spool_files(spool_dir) for line in path.read_text().splitlines()]
     assert sorted(line["request_id"] for line in lines) == sorted(f"s-{n}" for n in range(120))
     assert all(f"pglog-{os.getpid()}-" in path.name for path in spool_files(spool_dir))
+
+
+# Far beyond stop()'s timeout below: the writer thread stays stuck on the hung database meanwhile.
+STUCK_DB_TIMEOUT_SECONDS = 60
+
+
+def test_stop_spools_what_a_stuck_writer_thread_holds(make_writer, pg_cluster, migrated_url, spool_dir):
+    ids = [f"stuck-{n}" for n in range(120)]
+    with StallingProxy(pg_cluster.port) as proxy:
+        url = pg_cluster.url_for(migrated_url.rsplit("/", 1)[1], port=proxy.port)
+        writer = make_writer(url, db_timeout_seconds=STUCK_DB_TIMEOUT_SECONDS, batch_size=50)
+        writer.submit(http_half("warm-up"))
+        assert writer.flush(FLUSH_TIMEOUT)
+
+        proxy.stall()
+        for request_id in ids:
+            writer.submit(http_half(request_id))
+        # The thread took one batch (in flight, stuck on the database); the rest waits in the queue.
+        wait_for(lambda: writer.stats()["queue_depth"] == len(ids) - 50)
+        started = time.monotonic()
+        writer.stop(1)
+        stop_seconds = time.monotonic() - started
+        spooled = [line["request_id"] for line in spooled_lines(spool_dir)]
+
+        proxy.resume()  # the stuck batch goes through after all: the upsert makes that harmless
+        wait_for(lambda: writer.stats()["written"] == 1 + 50)
+
+    assert stop_seconds < 5, f"stop() took {stop_seconds:.1f} s"
+    assert sorted(spooled) == sorted(ids), "stop() did not spool what the stuck writer thread held"
+    make_writer()  # the next process replays the spool, once
+    wait_for(lambda: sorted(stored(migrated_url)) == sorted(["warm-up", *ids]) and not spool_files(spool_dir))
+
+
+def test_flush_is_not_done_while_the_last_record_is_held(make_writer, pg_cluster, migrated_url):
+    with StallingProxy(pg_cluster.port) as proxy:
+        url = pg_cluster.url_for(migrated_url.rsplit("/", 1)[1], port=proxy.port)
+        writer = make_writer(url, db_timeout_seconds=STUCK_DB_TIMEOUT_SECONDS)
+        writer.submit(http_half("first"))
+        wait_for(lambda: writer.stats()["written"] == 1)  # the pool holds a connection through the proxy
+
+        proxy.stall()
+        writer.submit(http_half("held"))  # the writer thread takes it and waits on the hung database
+        assert not writer.flush(1), "flush() reported success with a record neither written nor spooled"
+
+        proxy.resume()
+        assert writer.flush(FLUSH_TIMEOUT)
+        writer.stop(10)  # before its connections through the proxy go away
+
+    assert sorted(stored(migrated_url)) == ["first", "held"]
 
 
 def test_next_writer_replays_the_spool_once(make_writer, down_url, migrated_url, spool_dir):
