@@ -1,45 +1,13 @@
 """SQL copied verbatim from the runbook (trailing spaces included), run by test_schema.py.
 
-PART_4_3 is the psql heredoc of Step 4.3; PART_4_4 and PART_5_1 the -c arguments of Steps 4.4 and 5.1.
+PART_4_3 is the psql heredoc of Step 4.3 (runbook_part_4_3.sql, also run by the smoke playbook);
+PART_4_4 and PART_5_1 the -c arguments of Steps 4.4 and 5.1.
 """
 
-PART_4_3 = """\
--- Check requests table
-SELECT 
-    id, 
-    created_at, 
-    request_id, 
-    route, 
-    model, 
-    status_code,
-    user_id,
-    api_key
-FROM requests 
-ORDER BY created_at DESC 
-LIMIT 5;
+from pathlib import Path
 
--- Check responses table
-SELECT 
-    r.id,
-    r.created_at,
-    r.latency_ms,
-    r.prompt_tokens,
-    r.completion_tokens,
-    r.total_tokens,
-    req.request_id,
-    req.model
-FROM responses r
-JOIN requests req ON r.request_id_fk = req.id
-ORDER BY r.created_at DESC
-LIMIT 5;
-
--- Get summary statistics
-SELECT 
-    COUNT(*) as total_requests,
-    COUNT(DISTINCT model) as unique_models,
-    AVG(CASE WHEN status_code = 200 THEN 1.0 ELSE 0.0 END) * 100 as success_rate
-FROM requests;
-"""
+# A file of its own so that playbooks/smoke.yml runs the same bytes with psql.
+PART_4_3 = (Path(__file__).parent / "runbook_part_4_3.sql").read_text()
 
 PART_4_4 = """\
 SELECT request_id, route, model, status_code, created_at 
