@@ -7,8 +7,11 @@ standard input, never in a command line.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -88,6 +91,44 @@ def sql_as_postgres(sql: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def logged_rows(call_ids: list[str], timeout: float = 30.0) -> dict[str, dict]:
+    """request_id -> its row (status, api_key, route, model, error_type, error_message, responses rows).
+
+    Text columns that may hold anything (model, error_message) travel hex-encoded.
+    """
+    assert all(re.fullmatch(r"[0-9a-f-]{36}", call_id) for call_id in call_ids)
+    quoted = ", ".join(f"'{call_id}'" for call_id in call_ids)
+    sql = (
+        "SELECT req.request_id, req.status_code, coalesce(req.api_key, ''), req.route,"
+        " encode(convert_to(coalesce(req.model, ''), 'UTF8'), 'hex'), coalesce(req.error_type, ''),"
+        " encode(convert_to(coalesce(req.error_message, ''), 'UTF8'), 'hex'),"
+        " count(r.id), (SELECT count(*) FROM requests d"
+        " WHERE d.request_id = req.request_id) FROM requests req"
+        " LEFT JOIN responses r ON r.request_id_fk = req.id"
+        f" WHERE req.request_id IN ({quoted}) GROUP BY req.id"
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {}
+        for line in filter(None, sql_as_postgres(sql).splitlines()):
+            request_id, status, api_key, route, model, error_type, error_message, responses, copies = (
+                line.split("|")
+            )
+            rows[request_id] = {
+                "status": int(status),
+                "api_key": api_key,
+                "route": route,
+                "model": bytes.fromhex(model).decode(),
+                "error_type": error_type,
+                "error_message": bytes.fromhex(error_message).decode(),
+                "responses": int(responses),
+                "copies": int(copies),
+            }
+        if len(rows) == len(call_ids) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
 
 
 def sql_from_gateway(password: Secret, *statements: str) -> subprocess.CompletedProcess[str]:
@@ -171,6 +212,7 @@ def secrets() -> dict[str, Secret]:
     The master key file holds the part after "sk-", so searching for it finds the full key as well.
     """
     names = ("db_password", "master_key", "upstream_api_key", "test_key", "poc_validation_key")
+    names += ("metrics_token",)
     found = {name: lab_secret(name) for name in names}
     found["db_password (URL-encoded)"] = Secret(quote(found["db_password"], safe=""))
     return found
@@ -196,3 +238,30 @@ def world_readable_files_with_secrets(container: str, secrets: dict[str, Secret]
     assert result.returncode == 0, result.stderr
     scanned, *paths = result.stdout.splitlines()
     return int(scanned), [path for path in paths if path]
+
+
+# -- requests from a client host ------------------------------------------------------------
+
+LAB_CLIENT = (Path(__file__).with_name("lab_client.py")).read_text()
+GATEWAY_URL = f"http://{GATEWAY_ADDRESS}:4000"
+
+
+def lab_requests(
+    requests: list[dict], parallel: int = 1, base: str = GATEWAY_URL, timeout: float = 120
+) -> list[dict]:
+    """Send requests from the llm-upstream host (a client of the gateway), ``parallel`` at a time.
+
+    A request's "key" names a lab secret (test_key, poc_validation_key, master_key, metrics_token)
+    or is sent literally; every key travels on stdin. Returns one answer per request, in order.
+    """
+    names = {spec["key"] for spec in requests if spec.get("key")}
+    known = {name: _full_key(name) for name in names if (LAB_DIR / "secrets" / name).exists()}
+    batch = {"base": base, "parallel": parallel, "timeout": timeout, "keys": known, "requests": requests}
+    result = docker_exec(UPSTREAM_HOST, ["python3", "-c", LAB_CLIENT], stdin=json.dumps(batch))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def _full_key(name: str) -> str:
+    # The master key file holds the part after "sk-" (see the secrets fixture).
+    return ("sk-" if name == "master_key" else "") + lab_secret(name)

@@ -9,11 +9,9 @@ command line. Every answer must carry x-litellm-call-id, and exactly one ``reque
 from __future__ import annotations
 
 import json
-import re
-import time
 
 import pytest
-from conftest import GATEWAY_ADDRESS, UPSTREAM_HOST, docker_exec, lab_secret, sql_as_postgres
+from conftest import GATEWAY_ADDRESS, UPSTREAM_HOST, docker_exec, lab_secret, logged_rows, sql_as_postgres
 
 TARGET = [GATEWAY_ADDRESS, "4000", "/v1/chat/completions"]
 MODEL = "gpt-4o-mini"
@@ -127,41 +125,6 @@ def table_sizes_before() -> int:
 @pytest.fixture(scope="module")
 def answers(table_sizes_before) -> dict[str, dict]:
     return {name: send(headers, key, body, pad) for name, (headers, key, body, pad, _) in CASES.items()}
-
-
-def logged_rows(call_ids: list[str], timeout: float = 30.0) -> dict[str, dict]:
-    """request_id -> its row (status, api_key, model, error_type, error_message, responses rows).
-
-    Text columns that may hold anything (model, error_message) travel hex-encoded.
-    """
-    assert all(re.fullmatch(r"[0-9a-f-]{36}", call_id) for call_id in call_ids)
-    quoted = ", ".join(f"'{call_id}'" for call_id in call_ids)
-    sql = (
-        "SELECT req.request_id, req.status_code, coalesce(req.api_key, ''),"
-        " encode(convert_to(coalesce(req.model, ''), 'UTF8'), 'hex'), coalesce(req.error_type, ''),"
-        " encode(convert_to(coalesce(req.error_message, ''), 'UTF8'), 'hex'),"
-        " count(r.id), (SELECT count(*) FROM requests d"
-        " WHERE d.request_id = req.request_id) FROM requests req"
-        " LEFT JOIN responses r ON r.request_id_fk = req.id"
-        f" WHERE req.request_id IN ({quoted}) GROUP BY req.id"
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {}
-        for line in filter(None, sql_as_postgres(sql).splitlines()):
-            request_id, status, api_key, model, error_type, error_message, responses, copies = line.split("|")
-            rows[request_id] = {
-                "status": int(status),
-                "api_key": api_key,
-                "model": bytes.fromhex(model).decode(),
-                "error_type": error_type,
-                "error_message": bytes.fromhex(error_message).decode(),
-                "responses": int(responses),
-                "copies": int(copies),
-            }
-        if len(rows) == len(call_ids) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

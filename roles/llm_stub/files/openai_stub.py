@@ -8,6 +8,9 @@ Usage counts are deterministic: one token per whitespace-separated word.
 Error injection: model ``stub-error-NNN`` (e.g. ``stub-error-500``) or request header
 ``x-stub-status: NNN`` answers status NNN with an OpenAI-style error body.
 Slow answers: model ``stub-slow-MS`` (e.g. ``stub-slow-2000``) waits MS milliseconds first.
+The same two faults for any model name, chosen by the client through the gateway: a message
+text containing ``[stub-status=NNN]`` or ``[stub-slow-ms=MS]`` (the gateway forwards messages,
+not headers, so this is how one client makes the shared deployment fail for its own calls only).
 Latency: ``--latency-ms`` or env STUB_LATENCY_MS (added before the first byte).
 Auth: if env STUB_API_KEY is set, requests must carry ``Authorization: Bearer <STUB_API_KEY>``.
 One line per request is printed to stdout (never headers or bodies).
@@ -31,6 +34,8 @@ STUB_MODEL = "stub-model"
 REPLY_WORDS = ["This", "is", "a", "deterministic", "reply", "from", "the", "lab", "stub", "upstream"]
 ERROR_MODEL = re.compile(r"^(?:.*/)?stub-error-(\d{3})$")
 SLOW_MODEL = re.compile(r"^(?:.*/)?stub-slow-(\d{1,6})$")
+STATUS_DIRECTIVE = re.compile(r"\[stub-status=(\d{3})\]")
+SLOW_DIRECTIVE = re.compile(r"\[stub-slow-ms=(\d{1,6})\]")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
@@ -43,6 +48,14 @@ def count_words(value: object) -> int:
     if isinstance(value, dict):
         return sum(count_words(item) for key, item in value.items() if key in ("content", "text", "prompt"))
     return 0
+
+
+def message_text(body: dict) -> str:
+    """The text of the messages (chat) or the prompt (completions), for the fault directives."""
+    messages = body.get("messages")
+    parts = [m.get("content") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    parts.append(body.get("prompt"))
+    return " ".join(part for part in parts if isinstance(part, str))
 
 
 def reply_words(max_tokens: object) -> list[str]:
@@ -113,12 +126,16 @@ class StubHandler(BaseHTTPRequestHandler):
             return None
         return body if isinstance(body, dict) else None
 
-    def injected_status(self, model: str | None) -> int | None:
+    def injected_status(self, model: str | None, text: str) -> int | None:
         header = self.headers.get("x-stub-status")
         if header and header.isdigit():
             return int(header)
-        match = ERROR_MODEL.match(model or "")
+        match = ERROR_MODEL.match(model or "") or STATUS_DIRECTIVE.search(text)
         return int(match.group(1)) if match else None
+
+    def injected_delay(self, model: str | None, text: str) -> float:
+        match = SLOW_MODEL.match(model or "") or SLOW_DIRECTIVE.search(text)
+        return self.latency_s + (int(match.group(1)) / 1000 if match else 0)
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -153,9 +170,9 @@ class StubHandler(BaseHTTPRequestHandler):
         if body is None:
             self.send_json(400, error_body(400, "Request body is not a JSON object."))
             return 400
-        injected = self.injected_status(model)
-        slow = SLOW_MODEL.match(model or "")
-        delay = self.latency_s + (int(slow.group(1)) / 1000 if slow else 0)
+        text = message_text(body)
+        injected = self.injected_status(model, text)
+        delay = self.injected_delay(model, text)
         if delay:
             time.sleep(delay)
         if injected is not None and injected != 200:
