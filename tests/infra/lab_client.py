@@ -11,7 +11,8 @@ A request's "key" names an entry of "keys" (sent as ``Authorization: Bearer``), 
 as application/json, "multipart" ({"field": "value", "file": ["name", "text"]}) as
 multipart/form-data, "headers" are added as given. Prints one JSON list: per request, in
 order, its status (0: no HTTP answer), x-litellm-call-id, seconds taken and the first 2000
-characters of the body (all of it with "full": true). Tests import nothing from here: they send this file's text to ``python3 -``.
+characters of the body (all of it with "full": true). Tests import nothing from here: they
+run this file's text with ``python3 -c`` on the client host.
 """
 
 import json
