@@ -102,6 +102,9 @@ LAB_GATEWAY_HOST=hx-litellm-server
 LAB_POSTGRES_HOST=hx-postgres-server
 LAB_POSTGRES_ADDRESS=192.168.10.19
 LAB_UPSTREAM_URL=http://192.168.10.20:8080
+# Prometheus text of every gateway worker; send the scrape token (secrets/metrics_token).
+LAB_METRICS_URL=http://192.168.10.18:9464/metrics
+LAB_METRICS_TOKEN_FILE=$LITELLM_LAB_DIR/secrets/metrics_token
 ENV
   chmod 0600 "$env_file.tmp" && mv "$env_file.tmp" "$env_file"
 }

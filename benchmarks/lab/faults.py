@@ -23,6 +23,10 @@ Drills (all by default, or --only NAME ...):
               spooled + dropped = 2 x answered, pglog_records_dropped_total = the sum of the
               "LOG RECORDS LOST: dropped N record(s)" journal lines, and the requests with a row
               are exactly those with a record in the spool (nothing dropped silently)
+  key-rotation  a converge adds a client key and revokes another during load (no restart: every
+              worker re-reads the keys file when it changes): every answer 200, the gateway's
+              MainPID unchanged, the revoked key 401 and the new key 200 within 1 s of the converge
+              finishing; a second converge puts the lab's keys back
   pg-hang     every postgres process SIGSTOPped for --hang seconds (connections stay open,
               nothing answers), then SIGCONT: every answer 200 within the latency bound, the
               same outage path as pg-outage (spool, one "unavailable" and one "reachable again"
@@ -67,7 +71,7 @@ SIZES = {
         "spool_seconds": 8.0, "spool_max_bytes": 16384, "spool_requests": 150,
     },
 }  # fmt: skip
-DRILL_ORDER = ["pg-outage", "pg-restart", "sigkill", "spool-bound", "pg-hang"]
+DRILL_ORDER = ["pg-outage", "pg-restart", "sigkill", "spool-bound", "pg-hang", "key-rotation"]
 UNAVAILABLE, RECOVERED, LOST = "PostgreSQL unavailable", "reachable again", "LOG RECORDS LOST"
 RECORDS_PER_ANSWER = 2  # per 200 chat answer: the middleware's record and the usage callback's
 
@@ -506,12 +510,86 @@ def pg_hang(args: argparse.Namespace) -> Outcome:
     return outcome
 
 
+# The keys the key-rotation converge deploys: the lab's TEST_KEY (the load's key) stays,
+# POC_VALIDATION_KEY is revoked, ROTATION_KEY is added. Values stay in .lab/secrets: the file
+# names inventory variables only (inventory/lab/group_vars/all.yml).
+ROTATED_KEYS = """\
+litellm_gateway_api_keys:
+  - alias: TEST_KEY
+    user_id: poc-tester
+    key: "{{ lab_test_key }}"
+  - alias: ROTATION_KEY
+    user_id: key-rotation-drill
+    key: "{{ lab_rotation_key }}"
+"""
+KEY_SWITCH_BOUND_SECONDS = 1.0
+
+
+def first_status(key: str, wanted: int, within: float) -> float | None:
+    """Seconds until a chat with ``key`` answers ``wanted`` (polled every 50 ms), None if never."""
+    started = time.monotonic()
+    while time.monotonic() - started <= within:
+        if lab.chat_status(key) == wanted:
+            return round(time.monotonic() - started, 3)
+        time.sleep(0.05)
+    return None
+
+
+def key_rotation(args: argparse.Namespace) -> Outcome:
+    vars_file, log = lab.RESULTS / "key-rotation-vars.yml", lab.RESULTS / "key-rotation-converge.log"
+    vars_file.parent.mkdir(parents=True, exist_ok=True)
+    vars_file.write_text(ROTATED_KEYS)
+    before = lab.service_show("MainPID", "NRestarts")
+    found: dict[str, object] = {}
+
+    def rotate() -> None:
+        lab.converge(str(vars_file), log)
+        found["revoked 401 after s"] = first_status(lab.lab_key("poc_validation_key"), 401, 10)
+        found["added 200 after s"] = first_status(lab.lab_key("rotation_key"), 200, 10)
+
+    def put_back() -> None:
+        lab.converge(None, log)
+        found["restored: POC key"] = lab.chat_status(lab.lab_key("poc_validation_key"))
+        found["restored: rotation key"] = lab.chat_status(lab.lab_key("rotation_key"))
+
+    async def script(s: Scenario) -> None:
+        await asyncio.sleep(args.warm)
+        await s.step("converge: ROTATION_KEY added, POC_VALIDATION_KEY revoked", rotate, phase="rotate")
+        await s.step("converge: the lab's keys back", put_back, phase="restore")
+        await asyncio.sleep(args.after)
+        s.generator.phase = "after"
+
+    scenario, samples, counts = run_load(args.concurrency, script)
+    after = lab.service_show("MainPID", "NRestarts")
+    figures = {
+        "requests sent during the drill": len(samples),
+        **{k: v for k, v in found.items()},
+        "gateway MainPID before -> after": f"{before['MainPID']} -> {after['MainPID']}",
+        "converge log": str(log),
+    }
+    revoked, added = found["revoked 401 after s"], found["added 200 after s"]
+    bound = KEY_SWITCH_BOUND_SECONDS
+    checks = {
+        "every request answered 200 (0 failed while keys changed)": all_answers_200(samples),
+        "gateway not restarted": before == after,
+        f"revoked key 401 within {bound:.0f} s of the converge": revoked is not None and revoked <= bound,
+        f"added key 200 within {bound:.0f} s of the converge": added is not None and added <= bound,
+        "after the second converge: POC key 200, rotation key 401": found["restored: POC key"] == 200
+        and found["restored: rotation key"] == 401,
+    } | common_checks(counts)
+    title = "client keys added and revoked by a converge during load"
+    outcome = Outcome("key-rotation", title, samples, scenario.events, counts, figures, checks)
+    outcome.fault_phases = ("rotate", "restore")
+    return outcome
+
+
 SCENARIOS = {
     "pg-outage": pg_outage,
     "pg-restart": pg_restart,
     "sigkill": sigkill,
     "spool-bound": spool_bound,
     "pg-hang": pg_hang,
+    "key-rotation": key_rotation,
 }
 
 

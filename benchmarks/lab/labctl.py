@@ -38,6 +38,8 @@ GATEWAY_HOST = LAB_ENV.get("LAB_GATEWAY_HOST", "hx-litellm-server")
 POSTGRES_HOST = LAB_ENV.get("LAB_POSTGRES_HOST", "hx-postgres-server")
 GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_URL", "http://192.168.10.18:4000")
 GATEWAY_ADDRESS = urlsplit(GATEWAY_URL).hostname or "192.168.10.18"
+METRICS_URL = LAB_ENV.get("LAB_METRICS_URL", f"http://{GATEWAY_ADDRESS}:9464/metrics")
+METRICS_TOKEN_FILE = Path(LAB_ENV.get("LAB_METRICS_TOKEN_FILE") or LAB_SECRETS / "metrics_token")
 LAB_NETWORK = LAB_ENV.get("LAB_NETWORK", "litellm-lab")
 LAB_ADDRESSES = ("192.168.10.18", "192.168.10.19", "192.168.10.20")
 SERVICE = "litellm-gateway"
@@ -125,6 +127,27 @@ def require_deployed_lab() -> None:
 
 def test_key() -> str:
     return (LAB_SECRETS / "test_key").read_text().strip()
+
+
+def lab_key(name: str) -> str:
+    """A generated lab secret by file name (test_key, poc_validation_key, rotation_key, ...)."""
+    return (LAB_SECRETS / name).read_text().strip()
+
+
+def chat_status(key: str, timeout: float = 30) -> int:
+    """Status of one runbook chat request with this key."""
+    headers = {"Authorization": f"Bearer {key}"}
+    answer = httpx.post(f"{GATEWAY_URL}{CHAT_PATH}", json=chat_payload(), headers=headers, timeout=timeout)
+    return answer.status_code
+
+
+def converge(extra_vars: str | None = None, log: Path | None = None) -> None:
+    """``molecule converge`` of the lab (site.yml), optionally with a vars file (-e @file)."""
+    argv = ["molecule", "converge"] + (["--", "-e", f"@{extra_vars}"] if extra_vars else [])
+    with open(log or os.devnull, "a") as out:
+        result = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({result.returncode}); see {log}")
 
 
 def chat_payload(content: str = "This is a load test message. Please respond briefly.") -> dict:
@@ -361,8 +384,16 @@ def journal_since(since_epoch: float, grep: str | None = None) -> list[str]:
     return [line for line in lines if grep is None or grep in line]
 
 
+def metrics_text() -> str:
+    """All workers' metrics, from the exporter, with the scrape token."""
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN_FILE.read_text().strip()}"}
+    answer = httpx.get(METRICS_URL, headers=headers, timeout=10)
+    answer.raise_for_status()
+    return answer.text
+
+
 def metric(name: str) -> float:
-    text = httpx.get(f"{GATEWAY_URL}/metrics/", timeout=10, follow_redirects=True).text
+    text = metrics_text()
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
