@@ -113,15 +113,17 @@ def test_liveliness_answers_200(gateway_host):
     assert status == "200"
 
 
-def test_metrics_are_served(gateway_host):
-    metrics = gateway_host.check_output(f"curl -sfL http://127.0.0.1:{PORT}/metrics")
-    assert "# TYPE" in metrics
+def test_the_metrics_exporter_listens_on_the_lab_address_only(gateway_host):
+    assert gateway_host.service(f"{SERVICE}-metrics").is_running
+    assert gateway_host.socket(f"tcp://{GATEWAY_ADDRESS}:9464").is_listening
+    assert not gateway_host.socket("tcp://0.0.0.0:9464").is_listening
 
 
-def test_systemd_exposure_is_at_most_3(gateway_host):
-    report = gateway_host.check_output(f"systemd-analyze security {SERVICE}.service --no-pager")
+@pytest.mark.parametrize("unit", [SERVICE, f"{SERVICE}-metrics"])
+def test_systemd_exposure_is_at_most_3(gateway_host, unit):
+    report = gateway_host.check_output(f"systemd-analyze security {unit}.service --no-pager")
     exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", report).group(1))
-    print(f"systemd-analyze exposure of {SERVICE}: {exposure}")
+    print(f"systemd-analyze exposure of {unit}: {exposure}")
     assert exposure <= MAX_EXPOSURE
 
 
@@ -136,6 +138,9 @@ def test_systemd_exposure_is_at_most_3(gateway_host):
         ("/etc/litellm/config.yaml", "root", "litellm", 0o640),
         ("/etc/litellm/litellm.env", "root", "litellm", 0o640),
         ("/etc/litellm/api_keys.json", "root", "litellm", 0o640),
+        ("/etc/litellm/metrics.env", "root", "litellm", 0o640),
+        ("/etc/litellm/metrics_token", "root", "litellm", 0o640),
+        ("/run/litellm-gateway", "litellm", "litellm", 0o750),
         ("/var/log/litellm", "litellm", "litellm", 0o750),
         ("/var/lib/litellm", "litellm", "litellm", 0o750),
         ("/var/lib/litellm/spool", "litellm", "litellm", 0o750),
