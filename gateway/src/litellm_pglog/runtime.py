@@ -40,7 +40,7 @@ class GatewayRuntime:
 
     @cached_property
     def key_store(self) -> KeyStore:
-        """Loaded on first use; raises KeyFileError with a one-line message."""
+        """Loaded on first use (raises KeyFileError with a one-line message), then follows the file."""
         return load_key_store(self.settings.keys_file, self.settings.master_key)
 
     @property
