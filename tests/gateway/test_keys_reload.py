@@ -327,7 +327,8 @@ def test_rotation_under_load_fails_no_request_and_takes_effect_within_a_second(t
         switch = max(last_old_answer(probes, "B", 200), last_old_answer(probes, "C", 401))
         print(
             f"\nkey A: {len(load.statuses)} requests, {len(failed)} failed; {len(probes)} B/C probes; "
-            f"last old answer {switch:.3f} s after the replace"
+            f"last old answer {switch:.3f} s after the replace; "
+            + " ".join(f"{p.key}{p.status}@{p.after:.2f}" for p in probes)
         )
         assert failed == []
         assert answered_after_probes > answered_at_replace  # the load ran while the keys changed
