@@ -122,9 +122,19 @@ def test_added_and_revoked_keys_take_effect_at_the_next_check(store, keys_path, 
     assert len(store) == 3  # a, c and the master key
     assert store.identify(keys.c).user_id == "user-C"
     assert [record.getMessage() for record in warnings.records] == [
-        f"keys file {keys_path} reloaded: 3 keys, added C, removed B"
+        f"keys file {keys_path} reloaded: 3 keys, added C, removed B, changed none"
     ]
     assert_no_key_material(warnings, keys)
+
+
+def test_a_new_key_under_an_existing_alias_replaces_the_old_one(store, keys_path, keys, clock, warnings):
+    old_a = keys.a
+    keys.a = new_key()
+    replace_atomically(keys_path, keys.file("a", "b"))
+    clock.advance(INTERVAL)
+    assert accepted(store, keys) == {"a", "b", "master"}
+    assert store.identify(old_a) is None
+    assert warnings.records[-1].getMessage().endswith("added none, removed none, changed A")
 
 
 def test_an_in_place_rewrite_is_seen_too(store, keys_path, keys, clock):
@@ -343,5 +353,7 @@ def test_rotation_under_load_fails_no_request_and_takes_effect_within_a_second(t
         finally:
             logged.dispose()
         assert sorted(row["api_key"] for row in rows.values()) == ["NEW_KEY", "invalid"]
-        reloads = gateway.log_text().count("reloaded: 3 keys, added NEW_KEY, removed POC_VALIDATION_KEY")
+        reloads = gateway.log_text().count(
+            "reloaded: 3 keys, added NEW_KEY, removed POC_VALIDATION_KEY, changed none"
+        )
         assert reloads == 2  # once in each worker
