@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from litellm_pglog.keys import KeyFileError, KeyFileReader, KeyStore, load_key_store
+from litellm_pglog.keys import KeyFileError, KeyFileReader, LiveKeyStore, load_key_store
 from litellm_pglog.limits import KEYS_CHECK_INTERVAL_SECONDS
 from proxy_harness import Gateway, LogReader, chat_body, running_gateway, sha256_hex
 
@@ -85,8 +85,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(keys_path: Path, clock: FakeClock) -> KeyStore:
-    return KeyStore(KeyFileReader(keys_path, MASTER_KEY), INTERVAL, clock)
+def store(keys_path: Path, clock: FakeClock) -> LiveKeyStore:
+    return LiveKeyStore(KeyFileReader(keys_path, MASTER_KEY), INTERVAL, clock)
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def warnings(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def accepted(store: KeyStore, keys: Keys) -> set[str]:
+def accepted(store: LiveKeyStore, keys: Keys) -> set[str]:
     """Which of the keys a, b, c and the master key the store accepts now (each lookup may check)."""
     names = ("a", "b", "c")
     found = {name for name in names if store.identify(getattr(keys, name)) is not None}
@@ -200,7 +200,7 @@ class ReaderFailingAfterStart(KeyFileReader):
 
 
 def test_a_failing_check_never_fails_a_lookup(keys_path, keys, clock, warnings):
-    store = KeyStore(ReaderFailingAfterStart(keys_path, MASTER_KEY), INTERVAL, clock)
+    store = LiveKeyStore(ReaderFailingAfterStart(keys_path, MASTER_KEY), INTERVAL, clock)
     replace_atomically(keys_path, keys.file("a", "c"))
     for _ in range(3):  # tried at every check (the file may be fine), said once
         clock.advance(INTERVAL)
@@ -231,7 +231,7 @@ def test_a_new_key_is_accepted_within_the_check_interval_in_real_time(keys_path,
 
 
 def test_lookups_from_many_threads_during_rewrites_always_find_a_key_kept_in_every_version(keys_path, keys):
-    store = KeyStore(KeyFileReader(keys_path, MASTER_KEY), check_interval=0)  # every lookup checks
+    store = LiveKeyStore(KeyFileReader(keys_path, MASTER_KEY), check_interval=0)  # every lookup checks
     stop = threading.Event()
 
     def look_up() -> tuple[int, int]:

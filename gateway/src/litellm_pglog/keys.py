@@ -25,11 +25,12 @@ import json
 import logging
 import os
 import re
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Lock
+from time import monotonic
+from typing import Protocol
 
 from litellm_pglog.limits import KEYS_CHECK_INTERVAL_SECONDS
 
@@ -59,11 +60,11 @@ def sha256_hex(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class KeySet:
-    """One version of the accepted keys; never changed, a reload builds a new one."""
+class KeyStore:
+    """One version of the accepted keys, never changed: LiveKeyStore swaps in a new one whole."""
 
-    def __init__(self, identities: Iterable[Identity]) -> None:
-        self._candidates = tuple((bytes.fromhex(identity.key_hash), identity) for identity in identities)
+    def __init__(self, identities: list[Identity]) -> None:
+        self._candidates = [(bytes.fromhex(identity.key_hash), identity) for identity in identities]
 
     def identify(self, token: str | None) -> Identity | None:
         """Return the identity owning ``token``, comparing against every candidate in constant time."""
@@ -159,7 +160,7 @@ def file_version(path: Path) -> FileVersion | None:
 
 
 class KeyFileReader:
-    """Reads one version of the keys file into a KeySet that also holds the master key."""
+    """Reads one version of the keys file into a KeyStore that also holds the master key."""
 
     def __init__(self, path: Path, master_key: str | None) -> None:
         self.path = path
@@ -170,7 +171,7 @@ class KeyFileReader:
             else []
         )
 
-    def read(self) -> tuple[FileVersion, KeySet]:
+    def read(self) -> tuple[FileVersion, KeyStore]:
         """The version read (fstat of the open file, so it matches the bytes) and its keys."""
         try:
             with self.path.open("rb") as file:
@@ -183,7 +184,7 @@ class KeyFileReader:
         except UnicodeDecodeError:
             raise KeyFileError(f"{self.path}: not valid UTF-8") from None
         identities = parse_key_file(text, str(self.path))
-        return version, KeySet([*identities, *self._master])
+        return version, KeyStore([*identities, *self._master])
 
 
 class ReloadLog:
@@ -199,12 +200,12 @@ class ReloadLog:
             log.warning("keys file %s not reloaded, the previous keys stay in force: %s", self._path, reason)
         self._last_failure = reason
 
-    def reloaded(self, previous: KeySet, keys: KeySet) -> None:
+    def reloaded(self, previous: KeyStore, keys: KeyStore) -> None:
         self._last_failure = None
         old, new = previous.by_alias(), keys.by_alias()
         added = _names(new.keys() - old.keys())
         removed = _names(old.keys() - new.keys())
-        changed = _names(alias for alias in new.keys() & old.keys() if new[alias] != old[alias])
+        changed = _names({alias for alias in new.keys() & old.keys() if new[alias] != old[alias]})
         # A warning, like the failures: an operator should see every change of the accepted keys.
         log.warning(
             "keys file %s reloaded: %d keys, added %s, removed %s, changed %s",
@@ -216,17 +217,21 @@ class ReloadLog:
         )
 
 
-def _names(aliases: Iterable[str]) -> str:
+def _names(aliases: set[str]) -> str:
     return ", ".join(sorted(aliases)) or "none"
 
 
-class KeyStore:
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+class LiveKeyStore:
     """The keys in force in this process: the last good version of the keys file, master key included.
 
     ``identify`` runs on the event loop for every request (LiteLLM's auth hook and the
     middleware), so between checks it costs one clock read more than the lookup itself. A check
     is one ``os.stat`` (a few microseconds); the file, a few hundred bytes, is read only when its
-    version changed. Readers never lock: the KeySet in force is replaced whole, by one attribute
+    version changed. Readers never lock: the KeyStore in force is replaced whole, by one attribute
     assignment.
     """
 
@@ -234,7 +239,7 @@ class KeyStore:
         self,
         reader: KeyFileReader,
         check_interval: float = KEYS_CHECK_INTERVAL_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = monotonic,
     ) -> None:
         self._reader = reader
         self._check_interval = check_interval
@@ -242,7 +247,7 @@ class KeyStore:
         self._version: FileVersion | None
         self._version, self._keys = reader.read()  # raises KeyFileError: a broken start fails
         self._next_check = clock() + check_interval
-        self._check_lock = threading.Lock()
+        self._check_lock = Lock()
         self._log = ReloadLog(reader.path)
 
     def identify(self, token: str | None) -> Identity | None:
@@ -282,6 +287,6 @@ class KeyStore:
 
 def load_key_store(
     keys_file: str | Path, master_key: str | None, check_interval: float = KEYS_CHECK_INTERVAL_SECONDS
-) -> KeyStore:
+) -> LiveKeyStore:
     """The store of ``keys_file`` plus ``master_key``; raises KeyFileError if the file is unusable now."""
-    return KeyStore(KeyFileReader(Path(keys_file), master_key), check_interval)
+    return LiveKeyStore(KeyFileReader(Path(keys_file), master_key), check_interval)
