@@ -4,9 +4,17 @@ Keys file (JSON, hashes only)::
 
     {"keys": [{"alias": "TEST_KEY", "user_id": "poc-tester", "sha256": "<hex sha256 of the key>"}]}
 
-The file is read once per process (``runtime.GatewayRuntime.key_store``); a missing or malformed
-file raises ``KeyFileError`` with a one-line message, which the ASGI middleware turns into a
-failed startup.
+Each process loads the file once at startup (``runtime.GatewayRuntime.key_store``); a missing or
+malformed file then raises ``KeyFileError`` with a one-line message, which the ASGI middleware
+turns into a failed startup. After that the file is followed without a restart: a lookup checks
+it (one ``os.stat``) when the last check is ``KEYS_CHECK_INTERVAL_SECONDS`` old, and a new
+version (other inode, size or mtime: Ansible's template module renames a new file into place)
+is read and swapped in whole. A new version that is missing or broken keeps the keys in force,
+logs one warning per distinct failure and is tried again when the file changes next.
+
+No SIGHUP reload: uvicorn's multi-worker supervisor answers SIGHUP by restarting its workers,
+and a single uvicorn process has no SIGHUP handler (the default action ends it). The check
+above needs no signal and works the same in every worker.
 """
 
 from __future__ import annotations
@@ -14,10 +22,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Lock
+from time import monotonic
+from typing import Protocol
+
+from litellm_pglog.limits import KEYS_CHECK_INTERVAL_SECONDS
 
 MASTER_KEY_ALIAS = "master"
 MASTER_KEY_USER_ID = "litellm-admin"
@@ -25,6 +40,8 @@ INVALID_KEY_ALIAS = "invalid"
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _RESERVED_ALIASES = frozenset({MASTER_KEY_ALIAS, INVALID_KEY_ALIAS})
+
+log = logging.getLogger("litellm_pglog")
 
 
 class KeyFileError(Exception):
@@ -44,6 +61,8 @@ def sha256_hex(token: str) -> str:
 
 
 class KeyStore:
+    """One version of the accepted keys, never changed: LiveKeyStore swaps in a new one whole."""
+
     def __init__(self, identities: list[Identity]) -> None:
         self._candidates = [(bytes.fromhex(identity.key_hash), identity) for identity in identities]
 
@@ -57,6 +76,9 @@ class KeyStore:
             if hmac.compare_digest(digest, candidate_digest):
                 found = identity
         return found
+
+    def by_alias(self) -> dict[str, Identity]:
+        return {identity.alias: identity for _, identity in self._candidates}
 
     def __len__(self) -> int:
         return len(self._candidates)
@@ -77,7 +99,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 def parse_key_file(text: str, source: str) -> list[Identity]:
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise KeyFileError(f"{source}: not valid JSON ({exc})") from None
     entries = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(entries, list):
@@ -111,15 +133,160 @@ def _reject_duplicates(identities: list[Identity], source: str) -> None:
         raise KeyFileError(f"{source}: the same key hash appears twice")
 
 
-def load_key_store(keys_file: str | Path, master_key: str | None) -> KeyStore:
-    path = Path(keys_file)
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    """What tells one version of a file from the next without reading it.
+
+    A rename into place (Ansible's template module) gives a new inode; an in-place write a new
+    mtime and usually a new size. Inode numbers are per file system, hence the device.
+    """
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> FileVersion:
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def file_version(path: Path) -> FileVersion | None:
+    """The version of the file at ``path`` now; None when it cannot be seen (missing, no access)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise KeyFileError(f"cannot read keys file {path}: {exc.strerror or exc}") from None
-    identities = parse_key_file(text, str(path))
-    if master_key:
-        identities.append(
-            Identity(MASTER_KEY_ALIAS, MASTER_KEY_USER_ID, sha256_hex(master_key), is_master=True)
+        return FileVersion.of(os.stat(path))
+    except OSError:
+        return None
+
+
+class KeyFileReader:
+    """Reads one version of the keys file into a KeyStore that also holds the master key."""
+
+    def __init__(self, path: Path, master_key: str | None) -> None:
+        self.path = path
+        # The master key comes from the environment, not from the file: every version keeps it.
+        self._master = (
+            [Identity(MASTER_KEY_ALIAS, MASTER_KEY_USER_ID, sha256_hex(master_key), is_master=True)]
+            if master_key
+            else []
         )
-    return KeyStore(identities)
+
+    def read(self) -> tuple[FileVersion, KeyStore]:
+        """The version read (fstat of the open file, so it matches the bytes) and its keys."""
+        try:
+            with self.path.open("rb") as file:
+                version = FileVersion.of(os.fstat(file.fileno()))
+                raw = file.read()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read keys file {self.path}: {exc.strerror or exc}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyFileError(f"{self.path}: not valid UTF-8") from None
+        identities = parse_key_file(text, str(self.path))
+        return version, KeyStore([*identities, *self._master])
+
+
+class ReloadLog:
+    """The log lines of reloads: one per reload, one per distinct failure; aliases, never keys."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._last_failure: str | None = None
+
+    def failed(self, reason: str) -> None:
+        # The same failure seen again (the file rewritten with the same mistake) is not news.
+        if reason != self._last_failure:
+            log.warning("keys file %s not reloaded, the previous keys stay in force: %s", self._path, reason)
+        self._last_failure = reason
+
+    def reloaded(self, previous: KeyStore, keys: KeyStore) -> None:
+        self._last_failure = None
+        old, new = previous.by_alias(), keys.by_alias()
+        added = _names(new.keys() - old.keys())
+        removed = _names(old.keys() - new.keys())
+        changed = _names({alias for alias in new.keys() & old.keys() if new[alias] != old[alias]})
+        # A warning, like the failures: an operator should see every change of the accepted keys.
+        log.warning(
+            "keys file %s reloaded: %d keys, added %s, removed %s, changed %s",
+            self._path,
+            len(keys),
+            added,
+            removed,
+            changed,
+        )
+
+
+def _names(aliases: set[str]) -> str:
+    return ", ".join(sorted(aliases)) or "none"
+
+
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+class LiveKeyStore:
+    """The keys in force in this process: the last good version of the keys file, master key included.
+
+    ``identify`` runs on the event loop for every request (LiteLLM's auth hook and the
+    middleware), so between checks it costs one clock read more than the lookup itself. A check
+    is one ``os.stat`` (a few microseconds); the file, a few hundred bytes, is read only when its
+    version changed. Readers never lock: the KeyStore in force is replaced whole, by one attribute
+    assignment.
+    """
+
+    def __init__(
+        self,
+        reader: KeyFileReader,
+        check_interval: float = KEYS_CHECK_INTERVAL_SECONDS,
+        clock: Clock = monotonic,
+    ) -> None:
+        self._reader = reader
+        self._check_interval = check_interval
+        self._clock = clock
+        self._version: FileVersion | None
+        self._version, self._keys = reader.read()  # raises KeyFileError: a broken start fails
+        self._next_check = clock() + check_interval
+        self._check_lock = Lock()
+        self._log = ReloadLog(reader.path)
+
+    def identify(self, token: str | None) -> Identity | None:
+        if self._clock() >= self._next_check:
+            self._check()
+        return self._keys.identify(token)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _check(self) -> None:
+        # Whoever takes the lock checks; a lookup racing it uses the keys in force rather than
+        # wait, since it may be on the event loop.
+        if not self._check_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_check = self._clock() + self._check_interval
+            self._reload_if_changed()
+        except Exception as exc:  # a lookup must never fail because of the file
+            self._log.failed(f"unexpected {type(exc).__name__}")
+        finally:
+            self._check_lock.release()
+
+    def _reload_if_changed(self) -> None:
+        version = file_version(self._reader.path)
+        if version == self._version:
+            return
+        try:
+            read_version, keys = self._reader.read()
+        except KeyFileError as exc:
+            self._version = version  # tried again when the file changes, not on every check
+            self._log.failed(str(exc))
+            return
+        self._log.reloaded(self._keys, keys)
+        self._version, self._keys = read_version, keys
+
+
+def load_key_store(
+    keys_file: str | Path, master_key: str | None, check_interval: float = KEYS_CHECK_INTERVAL_SECONDS
+) -> LiveKeyStore:
+    """The store of ``keys_file`` plus ``master_key``; raises KeyFileError if the file is unusable now."""
+    return LiveKeyStore(KeyFileReader(Path(keys_file), master_key), check_interval)

@@ -24,6 +24,11 @@ WRITER_STOP_TIMEOUT_SECONDS = 10.0
 # atexit does the same for a writer that no lifespan stops (hooks used without our ASGI app).
 WRITER_EXIT_TIMEOUT_SECONDS = 5.0
 
+# ---- the keys file ---------------------------------------------------------------------------
+# A key lookup re-checks the keys file (one os.stat) when its last check is this old, so an added
+# or revoked key is in force for every request that starts this long after the file was replaced.
+KEYS_CHECK_INTERVAL_SECONDS = 0.25
+
 # ---- the writer -----------------------------------------------------------------------------
 # First retry after PostgreSQL failed; doubled up to Settings.retry_max_seconds.
 FIRST_RETRY_SECONDS = 0.5

@@ -22,7 +22,7 @@ import os
 import threading
 from functools import cached_property
 
-from litellm_pglog.keys import KeyStore, load_key_store
+from litellm_pglog.keys import LiveKeyStore, load_key_store
 from litellm_pglog.limits import WRITER_EXIT_TIMEOUT_SECONDS
 from litellm_pglog.settings import Settings, load_settings
 from litellm_pglog.writer import LogWriter
@@ -39,8 +39,8 @@ class GatewayRuntime:
         self._writer: LogWriter | None = None
 
     @cached_property
-    def key_store(self) -> KeyStore:
-        """Loaded on first use; raises KeyFileError with a one-line message."""
+    def key_store(self) -> LiveKeyStore:
+        """Loaded on first use (raises KeyFileError with a one-line message), then follows the file."""
         return load_key_store(self.settings.keys_file, self.settings.master_key)
 
     @property
