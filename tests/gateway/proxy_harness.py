@@ -213,6 +213,8 @@ class Gateway:
             "LITELLM_PGLOG_SPOOL_DIR": str(self.spool_dir),
             "LITELLM_PGLOG_FLUSH_INTERVAL": "0.2",
             "LITELLM_PGLOG_RETRY_MAX_SECONDS": "1",
+            # Gateway.metrics() reads /metrics/ on the API port (refused there by default).
+            "LITELLM_PGLOG_METRICS_ON_API_PORT": "true",
         }
         return env | self.extra_env
 

@@ -19,22 +19,26 @@ from typing import Any
 from litellm.constants import LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_pglog.middleware import LOGGED_ROUTES
 from litellm_pglog.records import LogRecord
+from litellm_pglog.routes import HEALTH_PROBE_PATHS
 from litellm_pglog.runtime import GatewayRuntime, current
 
 logger = logging.getLogger(__name__)
 
 
 def is_client_traffic(payload: dict[str, Any]) -> bool:
-    """False for LiteLLM's own health checks and for routes the middleware does not log."""
+    """False for LiteLLM's own health checks and for requests the middleware does not log.
+
+    The middleware logs every route but the probes (whose handlers fire no callback anyway):
+    a usage record for a route it skipped would be a row without its HTTP half.
+    """
     metadata = payload.get("metadata") or {}
     if metadata.get("user_api_key_alias") == LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME:
         return False
     if LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME in (payload.get("request_tags") or ()):
         return False
     route = metadata.get("user_api_key_request_route")
-    return isinstance(route, str) and route.rstrip("/") in LOGGED_ROUTES
+    return isinstance(route, str) and route.rstrip("/") not in HEALTH_PROBE_PATHS
 
 
 def usage_record(kwargs: dict[str, Any]) -> LogRecord | None:

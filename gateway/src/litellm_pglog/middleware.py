@@ -1,9 +1,24 @@
-"""Pure ASGI middleware that logs every OpenAI-route exchange exactly as the client saw it.
+"""Pure ASGI middleware that logs every HTTP exchange on the gateway port exactly as the client saw it.
+
+Log by default, exclude by list: every HTTP request gets one ``LogRecord`` (route, method, the
+status the client received, the model when a JSON body names one), except the short exclusion
+list of ``routes.py`` (liveness probes, our readiness, the admin UI's static assets when the UI
+is on, /metrics when served on this port). Refusals made here are logged like any answer:
+provider pass-through families not enabled (404 ``passthrough_disabled``), the admin UI when
+off (404 ``ui_disabled``) and /metrics (404, served on the monitoring listener). Paths are
+classified once each (``RoutePolicy.classify`` is cached), so the per-request cost is a dict
+lookup.
 
 It sits outside the whole LiteLLM app, so the status it records is the one in the
 ``http.response.start`` the server really sent, whichever layer produced it (auth, routing,
-upstream errors, our own 413/400). One ``LogRecord`` per request is handed to the writer
+upstream errors, our own 413/400/404). One ``LogRecord`` per request is handed to the writer
 after the response finished (or the client went away); the writer never blocks.
+
+Request bodies: read whole, up to ``Settings.max_body_bytes`` (413 beyond). Only a body the
+client declares as JSON (``application/json`` or ``*+json``), or one without a content type
+that starts like JSON (``{`` or ``[``), is parsed, for the model and stream flag; an invalid one
+is refused with 400 ``invalid_json``. Multipart uploads (audio, files), form posts and other
+bodies are forwarded untouched.
 
 Request ids: the middleware generates a uuid4 per request and puts it in the request's
 ``x-litellm-call-id`` header, which LiteLLM adopts as ``litellm_call_id``. A client-sent
@@ -30,6 +45,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from litellm_pglog.health import ReadinessEndpoint
 from litellm_pglog.keys import INVALID_KEY_ALIAS, presented_key
 from litellm_pglog.limits import (
     CAPTURED_BODY_MAX_BYTES,
@@ -38,22 +54,9 @@ from litellm_pglog.limits import (
     WRITER_STOP_TIMEOUT_SECONDS,
 )
 from litellm_pglog.records import LogRecord
+from litellm_pglog.routes import RouteClass, RoutePolicy, read_surface
 from litellm_pglog.runtime import GatewayRuntime
 
-# The OpenAI-compatible routes whose traffic is logged; everything else (health, metrics,
-# admin UI, other provider formats) passes through untouched.
-LOGGED_ROUTES = frozenset(
-    {
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/v1/completions",
-        "/completions",
-        "/v1/embeddings",
-        "/embeddings",
-        "/v1/models",
-        "/models",
-    }
-)
 CALL_ID_HEADER = "x-litellm-call-id"
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client left before any status was sent
 
@@ -72,6 +75,39 @@ class ClientGone(Exception):
 
 def openai_error(message: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer the middleware gives instead of LiteLLM (logged like any other)."""
+
+    status: int
+    code: str
+    message: str
+
+
+def passthrough_refusal(path: str) -> Refusal:
+    message = (
+        f"Provider pass-through routes are disabled on this gateway ({path}). "
+        "An operator can enable a family with LITELLM_PGLOG_PASSTHROUGH (e.g. openai,anthropic)."
+    )
+    return Refusal(404, "passthrough_disabled", message)
+
+
+UI_REFUSAL = Refusal(
+    404, "ui_disabled", "The admin UI is disabled on this gateway (LITELLM_PGLOG_UI_ENABLED=true enables it)."
+)
+METRICS_REFUSAL = Refusal(
+    404, "metrics_on_monitoring_listener", "Not found: metrics are served on the monitoring listener."
+)
+
+
+def wants_json_parse(content_type: str | None, body: bytes) -> bool:
+    """Parse bodies declared as JSON, and undeclared ones that start like JSON; nothing else."""
+    if content_type is None:
+        return body.lstrip()[:1] in (b"{", b"[")
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def describe_request(payload: object) -> tuple[str | None, bool | None]:
@@ -184,21 +220,52 @@ def _loads(data: bytes) -> object:
 
 
 class RequestLogMiddleware:
-    """Routes each ASGI connection: lifespan, logged OpenAI routes, everything else untouched."""
+    """Routes each ASGI connection: lifespan, HTTP by its ``RouteClass``, websockets untouched."""
 
-    def __init__(self, app: ASGIApp, runtime: GatewayRuntime) -> None:
+    def __init__(self, app: ASGIApp, runtime: GatewayRuntime, policy: RoutePolicy | None = None) -> None:
         self.app = app
         self.runtime = runtime
+        settings = runtime.settings
+        self.policy = policy or RoutePolicy(read_surface(app), settings.passthrough, settings.ui_enabled)
+        self.readiness = ReadinessEndpoint(runtime)
+        self._metrics_app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.runtime.settings.enabled:  # LITELLM_PGLOG_ENABLED=false: the bare proxy (baseline)
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"].rstrip("/") in LOGGED_ROUTES:
-            await LoggedExchange(self.app, self.runtime, scope).run(receive, send)
-        else:
+        elif scope["type"] != "http":
             await self.app(scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = self.policy.classify(scope["path"])
+        if kind is RouteClass.LOGGED:
+            await LoggedExchange(self.app, self.runtime, scope).run(receive, send)
+        elif kind is RouteClass.UNLOGGED:
+            await self.app(scope, receive, send)
+        elif kind is RouteClass.READINESS:
+            await self.readiness(scope, receive, send)
+        elif kind is RouteClass.METRICS and self.runtime.settings.metrics_on_api_port:
+            await self._metrics()(scope, receive, send)
+        else:
+            refusal = _refusal(kind, scope["path"])
+            await LoggedExchange(self.app, self.runtime, scope, refusal).run(receive, send)
+
+    def _metrics(self) -> ASGIApp:
+        """The monitoring exposition, built on first use (imported only when asked for)."""
+        if self._metrics_app is None:
+            try:
+                from litellm_pglog.exposition import MetricsEndpoint
+            except ImportError:
+                # Without the exposition module, LiteLLM's own /metrics (its registry only).
+                logger.warning("litellm_pglog: no exposition module, /metrics served by LiteLLM")
+                self._metrics_app = self.app
+            else:
+                self._metrics_app = MetricsEndpoint(self.runtime.settings)
+        return self._metrics_app
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start the runtime before the app's startup, stop it before reporting the shutdown."""
@@ -237,12 +304,23 @@ class RequestLogMiddleware:
             logger.exception("litellm_pglog: stopping the log writer failed")
 
 
-class LoggedExchange:
-    """One request on a logged route: read, checked, forwarded, observed and submitted once."""
+def _refusal(kind: RouteClass, path: str) -> Refusal:
+    if kind is RouteClass.PASSTHROUGH_DISABLED:
+        return passthrough_refusal(path)
+    if kind is RouteClass.UI_DISABLED:
+        return UI_REFUSAL
+    return METRICS_REFUSAL
 
-    def __init__(self, app: ASGIApp, runtime: GatewayRuntime, scope: Scope) -> None:
+
+class LoggedExchange:
+    """One logged request: read, checked, forwarded (or refused), observed and submitted once."""
+
+    def __init__(
+        self, app: ASGIApp, runtime: GatewayRuntime, scope: Scope, refusal: Refusal | None = None
+    ) -> None:
         self.app = app
         self.runtime = runtime
+        self.refusal = refusal
         self.record = LogRecord(
             request_id=str(uuid.uuid4()),
             created_at=datetime.now(UTC),
@@ -257,7 +335,10 @@ class LoggedExchange:
         record = self.record
         try:
             body = await self._read_request(receive, send)
-            if body is not None:
+            if body is not None and self.refusal is not None:
+                payload = openai_error(self.refusal.message, self.refusal.code)
+                await self._reject(receive, send, self.refusal.status, payload, close=False)
+            elif body is not None:
                 await self._forward(body, receive, send)
         except BaseException as exc:
             if record.status_code is None:
@@ -297,7 +378,7 @@ class LoggedExchange:
             self.record.status_code = CLIENT_CLOSED_REQUEST
             self.record.error_type = "client_disconnected"
             return None
-        if body:
+        if body and wants_json_parse(Headers(scope=self.scope).get("content-type"), body):
             try:
                 self.record.model, self.record.stream = describe_request(json.loads(body))
             except ValueError as exc:
@@ -334,13 +415,14 @@ class LoggedExchange:
         finally:
             watcher.cancel()
 
-    async def _reject(self, receive: Receive, send: Send, status: int, payload: dict[str, Any]) -> None:
+    async def _reject(
+        self, receive: Receive, send: Send, status: int, payload: dict[str, Any], close: bool = True
+    ) -> None:
         """Answer here without calling the app; observed like any answer."""
-        headers = {
-            CALL_ID_HEADER: self.record.request_id,
+        headers = {CALL_ID_HEADER: self.record.request_id}
+        if close:
             # An oversized body may not have been read to its end: do not reuse the connection.
-            "connection": "close",
-        }
+            headers["connection"] = "close"
 
         async def observed_send(message: Message) -> None:
             await self._send_observed(send, message)
