@@ -24,6 +24,7 @@ from litellm_pglog.routes import HEALTH_PROBE_PATHS
 from litellm_pglog.runtime import GatewayRuntime, current
 
 logger = logging.getLogger(__name__)
+PASSTHROUGH_CALL_TYPE = "pass_through_endpoint"
 
 
 def is_client_traffic(payload: dict[str, Any]) -> bool:
@@ -45,6 +46,10 @@ def usage_record(kwargs: dict[str, Any]) -> LogRecord | None:
     payload = kwargs.get("standard_logging_object")
     request_id = kwargs.get("litellm_call_id")
     if not isinstance(payload, dict) or not request_id or not is_client_traffic(payload):
+        return None
+    if PASSTHROUGH_CALL_TYPE in (kwargs.get("call_type"), payload.get("call_type")):
+        # Pass-through routes log under an id LiteLLM makes up, not the middleware's: a usage
+        # record would be a second row. The middleware reads their usage from the answer.
         return None
     return LogRecord(
         request_id=request_id,

@@ -73,8 +73,8 @@ class ClientGone(Exception):
     pass
 
 
-def openai_error(message: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+def openai_error(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 @dataclass(frozen=True)
@@ -340,16 +340,28 @@ class LoggedExchange:
                 await self._reject(receive, send, self.refusal.status, payload, close=False)
             elif body is not None:
                 await self._forward(body, receive, send)
+        except Exception as exc:
+            if record.status_code is not None or self.observer.client_gone:
+                self._note_failure(exc)
+                raise
+            # The app failed before answering (LiteLLM lets some upstream errors escape): answer
+            # the 500 here rather than leave it to the server, so it carries the call id too.
+            logger.error("litellm_pglog: unhandled error on %s", record.route, exc_info=exc)
+            message = f"Internal server error ({type(exc).__name__})."
+            await self._reject(receive, send, 500, openai_error(message, "500", "internal_server_error"))
         except BaseException as exc:
             if record.status_code is None:
                 # Nothing was sent yet; the server answers 500 on our behalf.
                 record.status_code = CLIENT_CLOSED_REQUEST if isinstance(exc, asyncio.CancelledError) else 500
-            record.error_type = record.error_type or type(exc).__name__
-            record.error_message = record.error_message or str(exc)[:ERROR_MESSAGE_MAX_CHARS]
+            self._note_failure(exc)
             raise
         finally:
             if not self.observer.submitted:
                 self._submit()
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.record.error_type = self.record.error_type or type(exc).__name__
+        self.record.error_message = self.record.error_message or str(exc)[:ERROR_MESSAGE_MAX_CHARS]
 
     def _identify_caller(self, scope: Scope) -> None:
         key = presented_key(Headers(scope=scope))
@@ -498,11 +510,12 @@ def _with_call_id(scope: Scope, request_id: str) -> Scope:
 
 
 def _ensure_call_id(message: Message, request_id: str) -> Message:
-    """Answers LiteLLM produced before adopting the id (auth errors) get it too, for correlation."""
+    """Every answer carries our id: those LiteLLM produced before adopting it (auth errors) and
+    those of routes that make up their own (provider pass-through), for correlation."""
     headers = MutableHeaders(raw=list(message.get("headers") or ()))
-    if CALL_ID_HEADER in headers:
+    if headers.get(CALL_ID_HEADER) == request_id:
         return message
-    headers.append(CALL_ID_HEADER, request_id)
+    headers[CALL_ID_HEADER] = request_id
     return {**message, "headers": headers.raw}
 
 
