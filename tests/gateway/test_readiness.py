@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -27,7 +28,7 @@ HEALTHY = WriterState(
     ],
 )
 def test_readiness_rules(changes, dropping, status, http_status):
-    state = WriterState(**{**HEALTHY.__dict__, **changes})
+    state = dataclasses.replace(HEALTHY, **changes)
     code, body = readiness(state, dropping)
     assert (code, body["status"]) == (http_status, status)
     assert body["request_log"]["database"] == ("unreachable" if state.database_down else "reachable")
