@@ -59,14 +59,6 @@ def gateway(tmp_path_factory, database_url) -> Iterator[Gateway]:
         yield gateway
 
 
-@pytest.fixture
-def postgres(pg_cluster):
-    """The cluster, guaranteed running again after the test whatever happened."""
-    yield pg_cluster
-    if not pg_cluster.is_running():
-        pg_cluster.start()
-
-
 def readiness_until(gateway: Gateway, wanted: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -97,17 +89,18 @@ def test_readiness_is_documented_json_without_a_key(gateway):
     assert body["litellm_version"] and body["pid"] > 0
 
 
-def test_readiness_is_degraded_while_postgresql_is_down_then_healthy_again(gateway, logged, postgres):
-    postgres.stop()
-    with gateway.client(gateway.keys.test_key) as client:
-        answered = client.post("/v1/chat/completions", json=chat_body("while the database is down"))
-    assert answered.status_code == 200  # served, its record spooled
+def test_readiness_is_degraded_while_postgresql_is_down_then_healthy_again(gateway, logged, pg_cluster):
+    pg_cluster.stop()
+    try:
+        with gateway.client(gateway.keys.test_key) as client:
+            answered = client.post("/v1/chat/completions", json=chat_body("while the database is down"))
+        assert answered.status_code == 200  # served, its record spooled
 
-    degraded = readiness_until(gateway, "degraded")
-    assert degraded["request_log"]["database"] == "unreachable"
-    assert degraded["request_log"]["dropped_records"] == 0
-
-    postgres.start()
+        degraded = readiness_until(gateway, "degraded")
+        assert degraded["request_log"]["database"] == "unreachable"
+        assert degraded["request_log"]["dropped_records"] == 0
+    finally:
+        pg_cluster.start()
     readiness_until(gateway, "healthy")
     request_id = answered.headers["x-litellm-call-id"]
     assert logged.wait_for([request_id])[request_id]["status_code"] == 200

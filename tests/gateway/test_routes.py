@@ -6,6 +6,7 @@ no request leaves the machine) and keeps every other default: the admin UI off, 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from litellm_pglog.keys import public_key_id, sha256_hex
-from litellm_pglog.middleware import wants_json_parse
+from litellm_pglog.middleware import RequestLogMiddleware, wants_json_parse
 from litellm_pglog.models import Request
 from litellm_pglog.routes import LiteLLMSurface, RouteClass, RoutePolicy, first_segment, static_prefix
-from litellm_pglog.settings import SettingsError, load_settings
+from litellm_pglog.runtime import GatewayRuntime
+from litellm_pglog.settings import Settings, SettingsError, load_settings
 from proxy_harness import CHAT_MODEL, Gateway, LogReader, Stub, chat_body
 
 # ---- the policy as a pure function ---------------------------------------------------------------
@@ -78,6 +80,27 @@ def test_classification_is_cached_per_path():
         policy.classify("/v1/chat/completions")
     info = policy.classify.cache_info()
     assert (info.hits, info.misses) == (2, 1)
+
+
+def test_disabled_family_websockets_are_closed_before_accept():
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    middleware = RequestLogMiddleware(app, GatewayRuntime(Settings()), RoutePolicy(SURFACE))
+    for path in ("/vertex_ai/live", "/openai/v1/realtime"):
+        asyncio.run(middleware({"type": "websocket", "path": path}, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert reached == ["/openai/v1/realtime"]  # the model list's realtime route, not pass-through
 
 
 def test_path_helpers():

@@ -7,7 +7,9 @@ is on, /metrics when served on this port). Refusals made here are logged like an
 provider pass-through families not enabled (404 ``passthrough_disabled``), the admin UI when
 off (404 ``ui_disabled``) and /metrics (404, served on the monitoring listener). Paths are
 classified once each (``RoutePolicy.classify`` is cached), so the per-request cost is a dict
-lookup.
+lookup. Websockets carry no HTTP status and are not logged; those of a refused family are closed
+before they are accepted. An exception the app lets escape before answering gets a JSON 500
+from here, so that every answer carries the request's call id.
 
 It sits outside the whole LiteLLM app, so the status it records is the one in the
 ``http.response.start`` the server really sent, whichever layer produced it (auth, routing,
@@ -220,7 +222,8 @@ def _loads(data: bytes) -> object:
 
 
 class RequestLogMiddleware:
-    """Routes each ASGI connection: lifespan, HTTP by its ``RouteClass``, websockets untouched."""
+    """Routes each ASGI connection: lifespan, HTTP by its ``RouteClass``, websockets of refused
+    families closed, other websockets untouched."""
 
     def __init__(self, app: ASGIApp, runtime: GatewayRuntime, policy: RoutePolicy | None = None) -> None:
         self.app = app
@@ -235,10 +238,12 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
-        elif scope["type"] != "http":
-            await self.app(scope, receive, send)
-        else:
+        elif scope["type"] == "http":
             await self._http(scope, receive, send)
+        elif scope["type"] == "websocket" and self.policy.classify(scope["path"]) in REFUSED_WEBSOCKETS:
+            await _refuse_websocket(receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = self.policy.classify(scope["path"])
@@ -302,6 +307,16 @@ class RequestLogMiddleware:
             await asyncio.to_thread(self.runtime.stop, WRITER_STOP_TIMEOUT_SECONDS)
         except Exception:
             logger.exception("litellm_pglog: stopping the log writer failed")
+
+
+# Websockets are not logged (no HTTP status to record), but a disabled family's (e.g. the
+# /vertex_ai/live pass-through) is closed before it is accepted: the server answers 403.
+REFUSED_WEBSOCKETS = frozenset({RouteClass.PASSTHROUGH_DISABLED, RouteClass.UI_DISABLED})
+
+
+async def _refuse_websocket(receive: Receive, send: Send) -> None:
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
 
 
 def _refusal(kind: RouteClass, path: str) -> Refusal:
