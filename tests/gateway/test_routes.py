@@ -13,13 +13,17 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from litellm_pglog.keys import public_key_id, sha256_hex
-from litellm_pglog.middleware import RequestLogMiddleware, wants_json_parse
+from litellm.proxy._types import ProxyException
+from litellm_pglog import runtime as runtime_module
+from litellm_pglog.auth import user_api_key_auth
+from litellm_pglog.keys import Identity, public_key_id, sha256_hex
+from litellm_pglog.middleware import RequestLogMiddleware, caller_refusal, wants_json_parse
 from litellm_pglog.models import Request
 from litellm_pglog.routes import LiteLLMSurface, RouteClass, RoutePolicy, first_segment, static_prefix
 from litellm_pglog.runtime import GatewayRuntime
 from litellm_pglog.settings import Settings, SettingsError, load_settings
-from proxy_harness import CHAT_MODEL, Gateway, LogReader, Stub, chat_body
+from proxy_harness import CHAT_MODEL, Gateway, GatewayKeys, LogReader, Stub, chat_body
+from starlette.requests import Request as StarletteRequest
 
 # ---- the policy as a pure function ---------------------------------------------------------------
 
@@ -101,6 +105,55 @@ def test_disabled_family_websockets_are_closed_before_accept():
         asyncio.run(middleware({"type": "websocket", "path": path}, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008}]
     assert reached == ["/openai/v1/realtime"]  # the model list's realtime route, not pass-through
+
+
+@pytest.mark.parametrize(
+    ("route", "caller", "status"),
+    [
+        ("/v1/chat/completions", "client", None),
+        ("/v1/files/file-1/content", "client", None),
+        ("/model/info", "client", None),
+        ("/key/generate", "client", 403),
+        ("/health", "client", 403),
+        ("/key/generate", "master", None),
+        ("/no/such/route", "client", None),  # LiteLLM's 404
+        ("/config/yaml", "client", None),  # not a management route by LiteLLM's lists: auth.py's 403
+        ("/key/generate", "unknown", 401),
+        ("/v1/chat/completions", "unknown", 401),
+        ("/public/model_hub", "unknown", None),  # LiteLLM's to decide: it may need no key
+    ],
+)
+def test_callers_are_refused_before_litellm_where_auth_py_would_refuse_them(route, caller, status):
+    identities = {
+        "client": Identity("TEST_KEY", "u", "a" * 64),
+        "master": Identity("master", None, "b" * 64, is_master=True),
+    }
+    refusal = caller_refusal(route, identities.get(caller))
+    assert (refusal.status if refusal else None) == status
+
+
+def test_auth_hook_gives_a_public_key_id_and_refuses_admin_routes(tmp_path):
+    keys = GatewayKeys()
+    (tmp_path / "keys.json").write_text(keys.keys_file_content())
+    settings = Settings(keys_file=tmp_path / "keys.json", master_key=keys.master_key)
+    previous = runtime_module.current()
+    runtime_module.install(GatewayRuntime(settings))
+    try:
+        chat = asyncio.run(user_api_key_auth(http_request("/v1/chat/completions"), keys.test_key))
+        with pytest.raises(ProxyException) as refused:
+            asyncio.run(user_api_key_auth(http_request("/key/generate"), keys.test_key))
+        master = asyncio.run(user_api_key_auth(http_request("/key/generate"), keys.master_key))
+    finally:
+        runtime_module.install(previous)
+    assert chat.api_key == public_key_id(sha256_hex(keys.test_key), keys.master_key)
+    assert chat.key_alias == "TEST_KEY"
+    assert refused.value.code == "403"
+    assert master.api_key.startswith("kid-")
+
+
+def http_request(path: str) -> StarletteRequest:
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+    return StarletteRequest(scope)
 
 
 def test_path_helpers():
@@ -220,13 +273,14 @@ MATRIX = {
     "passthrough-enabled": Call("POST", "/openai/v1/chat/completions", 200, json=chat_body()),
     "admin-client-key": Call("POST", "/key/generate", 403, json={}),
     "admin-no-key": Call("POST", "/key/generate", 401, key=None, json={}),
+    "admin-unknown-key": Call("POST", "/key/generate", 401, key="not-a-key", json={}),
     "ui": Call("GET", "/ui/", 404, key=None, error_code="ui_disabled"),
     "metrics": Call("GET", "/metrics", 404, key=None, error_code="metrics_on_monitoring_listener"),
 }
 
 
 def send(gateway: Gateway, call: Call) -> httpx.Response:
-    key = getattr(gateway.keys, call.key) if call.key else None
+    key = getattr(gateway.keys, call.key, call.key) if call.key else None
     with gateway.client(key) as client:
         return client.request(call.method, call.path, json=call.json, files=call.files, data=call.data)
 
@@ -246,7 +300,7 @@ def test_each_route_family_is_answered_and_logged_once(gateway, logged: LogReade
     assert (row["route"], row["method"], row["status_code"]) == (call.path, call.method, call.status)
     assert row["model"] == (call.json or {}).get("model")  # JSON bodies only, multipart not parsed
     if call.key:
-        assert row["api_key"] == "TEST_KEY"
+        assert row["api_key"] == ("TEST_KEY" if call.key == "test_key" else "invalid")
 
 
 def test_invalid_json_is_still_a_400_on_any_route(gateway, logged):

@@ -47,8 +47,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from litellm_pglog.auth import FORBIDDEN_ROUTE_MESSAGE, INVALID_KEY_MESSAGE
 from litellm_pglog.health import ReadinessEndpoint
-from litellm_pglog.keys import INVALID_KEY_ALIAS, presented_key
+from litellm_pglog.keys import INVALID_KEY_ALIAS, Identity, presented_key
 from litellm_pglog.limits import (
     CAPTURED_BODY_MAX_BYTES,
     DISCARDED_BODY_MAX_BYTES,
@@ -56,7 +57,14 @@ from litellm_pglog.limits import (
     WRITER_STOP_TIMEOUT_SECONDS,
 )
 from litellm_pglog.records import LogRecord
-from litellm_pglog.routes import RouteClass, RoutePolicy, read_surface
+from litellm_pglog.routes import (
+    RouteClass,
+    RoutePolicy,
+    client_may_call,
+    is_admin_route,
+    read_surface,
+    requires_key,
+)
 from litellm_pglog.runtime import GatewayRuntime
 
 CALL_ID_HEADER = "x-litellm-call-id"
@@ -86,6 +94,7 @@ class Refusal:
     status: int
     code: str
     message: str
+    kind: str = "invalid_request_error"  # the OpenAI error "type"
 
 
 def passthrough_refusal(path: str) -> Refusal:
@@ -99,9 +108,28 @@ def passthrough_refusal(path: str) -> Refusal:
 UI_REFUSAL = Refusal(
     404, "ui_disabled", "The admin UI is disabled on this gateway (LITELLM_PGLOG_UI_ENABLED=true enables it)."
 )
+INVALID_KEY_REFUSAL = Refusal(401, "401", INVALID_KEY_MESSAGE, "auth_error")
 METRICS_REFUSAL = Refusal(
     404, "metrics_on_monitoring_listener", "Not found: metrics are served on the monitoring listener."
 )
+
+
+def caller_refusal(route: str, caller: Identity | None) -> Refusal | None:
+    """The 401/403 ``auth.py`` would give a presented key (``caller`` None: an unknown key),
+    decided before LiteLLM sees the request.
+
+    Answered here because LiteLLM reports an auth failure to its callbacks with the key as
+    presented (hashed only for "sk-" keys): its Prometheus series would publish a client's key
+    in clear in the hashed_api_key label. ``auth.py`` keeps the same rules for processes
+    without this middleware.
+    """
+    if caller is not None:
+        if caller.is_master or client_may_call(route) or not is_admin_route(route):
+            return None  # other routes: LiteLLM's 404, or auth.py's 403
+        return Refusal(403, "403", FORBIDDEN_ROUTE_MESSAGE.format(route=route), "auth_error")
+    if requires_key(route):
+        return INVALID_KEY_REFUSAL
+    return None
 
 
 def wants_json_parse(content_type: str | None, body: bytes) -> bool:
@@ -335,14 +363,14 @@ class LoggedExchange:
     ) -> None:
         self.app = app
         self.runtime = runtime
-        self.refusal = refusal
         self.record = LogRecord(
             request_id=str(uuid.uuid4()),
             created_at=datetime.now(UTC),
             route=scope["path"],
             method=scope["method"],
         )
-        self._identify_caller(scope)
+        caller_refusal = self._identify_caller(scope)
+        self.refusal = refusal or caller_refusal  # set: answered here, the app is not called
         self.observer = ResponseObserver(self.record)
         self.scope = _with_call_id(scope, self.record.request_id)
 
@@ -351,7 +379,7 @@ class LoggedExchange:
         try:
             body = await self._read_request(receive, send)
             if body is not None and self.refusal is not None:
-                payload = openai_error(self.refusal.message, self.refusal.code)
+                payload = openai_error(self.refusal.message, self.refusal.code, self.refusal.kind)
                 await self._reject(receive, send, self.refusal.status, payload, close=False)
             elif body is not None:
                 await self._forward(body, receive, send)
@@ -378,17 +406,19 @@ class LoggedExchange:
         self.record.error_type = self.record.error_type or type(exc).__name__
         self.record.error_message = self.record.error_message or str(exc)[:ERROR_MESSAGE_MAX_CHARS]
 
-    def _identify_caller(self, scope: Scope) -> None:
+    def _identify_caller(self, scope: Scope) -> Refusal | None:
+        """Fills the caller's alias and user into the record; returns the 401/403 it earns."""
         key = presented_key(Headers(scope=scope))
         if key is None:
-            return
+            return None
         try:
             identity = self.runtime.key_store.identify(key)
         except Exception:
             logger.warning("litellm_pglog: cannot identify the caller", exc_info=True)
-            return
+            return None
         self.record.api_key = identity.alias if identity else INVALID_KEY_ALIAS
         self.record.user_id = identity.user_id if identity else None
+        return caller_refusal(scope["path"], identity)
 
     async def _read_request(self, receive: Receive, send: Send) -> bytes | None:
         """The whole request body, or None when it was answered here (413, 400) or abandoned."""

@@ -29,7 +29,9 @@ Model-list routes that happen to live under a pass-through family's first segmen
 
 ``client_may_call(route)`` is the other half: the routes a client key may call at all (LiteLLM's
 own LLM API classification); everything else (key, user, team, spend management...) answers
-client keys with 403 in ``auth.py``.
+client keys with 403 in ``auth.py``. The middleware gives the same 401/403 itself on LiteLLM's
+management and info routes (``is_admin_route``), before LiteLLM reports the failure with the key
+in clear to its callbacks.
 """
 
 from __future__ import annotations
@@ -246,3 +248,16 @@ def client_may_call(route: str) -> bool:
     from litellm.proxy.auth.route_checks import RouteChecks
 
     return RouteChecks.is_llm_api_route(route) or route in LiteLLMRoutes.model_info_routes.value
+
+
+@lru_cache(maxsize=CLASSIFY_CACHE_SIZE)
+def is_admin_route(route: str) -> bool:
+    """LiteLLM's management and info routes (/key/*, /user/*, /team/*, /spend/*, /health...)."""
+    from litellm.proxy.auth.route_checks import RouteChecks
+
+    return RouteChecks.is_management_route(route) or RouteChecks.is_info_route(route)
+
+
+def requires_key(route: str) -> bool:
+    """Routes LiteLLM always authenticates (an unknown path is LiteLLM's 404 instead)."""
+    return client_may_call(route) or is_admin_route(route)
