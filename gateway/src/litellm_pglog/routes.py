@@ -20,7 +20,11 @@ bedrock, azure, assemblyai, ...)                      (then LiteLLM's, authentic
 admin UI: /ui, /_next, /sso/*, /login  yes            404 ``ui_disabled`` unless
 /onboarding/*, ...                                    LITELLM_PGLOG_UI_ENABLED=true; then its
                                        no (assets)    static assets are not logged
+management and info routes (/key/*,    yes            client key 403, unknown key 401, no key
+/user/*, /team/*, /spend/*, /health)                  401 (LiteLLM); master key: LiteLLM's
 everything else                        yes            LiteLLM's
+websockets                             no             LiteLLM's; closed (HTTP 403) for a
+                                                      refused family or the UI when off
 =====================================  =============  ==========================================
 
 Model-list routes that happen to live under a pass-through family's first segment
