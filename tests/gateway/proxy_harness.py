@@ -172,6 +172,8 @@ class Gateway:
     app: str = PROXY_APP
     workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Merged into the generated config.yaml, one level deep (e.g. {"router_settings": {...}}).
+    config_overrides: dict = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -191,6 +193,8 @@ class Gateway:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # JSON is valid YAML: no YAML writer needed.
         config = proxy_config(self.stub, with_logging=self.app == PROXY_APP)
+        for section, values in self.config_overrides.items():
+            config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
         (self.workdir / "config.yaml").write_text(json.dumps(config, indent=2))
         keys_file = self.workdir / "api_keys.json"
         keys_file.write_text(self.keys.keys_file_content())
@@ -213,6 +217,8 @@ class Gateway:
             "LITELLM_PGLOG_SPOOL_DIR": str(self.spool_dir),
             "LITELLM_PGLOG_FLUSH_INTERVAL": "0.2",
             "LITELLM_PGLOG_RETRY_MAX_SECONDS": "1",
+            # Gateway.metrics() reads /metrics/ on the API port (refused there by default).
+            "LITELLM_PGLOG_METRICS_ON_API_PORT": "true",
         }
         return env | self.extra_env
 

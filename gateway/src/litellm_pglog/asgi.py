@@ -8,7 +8,12 @@ they share the spool directory safely). The config this package expects::
       custom_auth: litellm_pglog.auth.user_api_key_auth
     litellm_settings:
       callbacks: ["litellm_pglog.callbacks.usage_logger", "prometheus"]
-      require_auth_for_metrics_endpoint: false   # /metrics/ open for the scraper; omit to require a key
+
+Every HTTP request on this app is logged except the exclusion list in ``routes.py``; provider
+pass-through families (LITELLM_PGLOG_PASSTHROUGH), the admin UI (LITELLM_PGLOG_UI_ENABLED) and
+/metrics (LITELLM_PGLOG_METRICS_ON_API_PORT) are refused with a logged 404 unless enabled, and
+/health/readiness reports the request log's state (``health.py``). Client keys get 403 on
+LiteLLM's management routes (``auth.py``); the master key keeps LiteLLM's behaviour.
 
 Set LITELLM_LOCAL_MODEL_COST_MAP=True on hosts without internet access, or LiteLLM tries to
 download its model cost map at start.

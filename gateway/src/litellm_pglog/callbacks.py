@@ -19,28 +19,37 @@ from typing import Any
 from litellm.constants import LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_pglog.middleware import LOGGED_ROUTES
 from litellm_pglog.records import LogRecord
+from litellm_pglog.routes import HEALTH_PROBE_PATHS
 from litellm_pglog.runtime import GatewayRuntime, current
 
 logger = logging.getLogger(__name__)
+PASSTHROUGH_CALL_TYPE = "pass_through_endpoint"
 
 
 def is_client_traffic(payload: dict[str, Any]) -> bool:
-    """False for LiteLLM's own health checks and for routes the middleware does not log."""
+    """False for LiteLLM's own health checks and for requests the middleware does not log.
+
+    The middleware logs every route but the probes (whose handlers fire no callback anyway):
+    a usage record for a route it skipped would be a row without its HTTP half.
+    """
     metadata = payload.get("metadata") or {}
     if metadata.get("user_api_key_alias") == LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME:
         return False
     if LITTELM_INTERNAL_HEALTH_SERVICE_ACCOUNT_NAME in (payload.get("request_tags") or ()):
         return False
     route = metadata.get("user_api_key_request_route")
-    return isinstance(route, str) and route.rstrip("/") in LOGGED_ROUTES
+    return isinstance(route, str) and route.rstrip("/") not in HEALTH_PROBE_PATHS
 
 
 def usage_record(kwargs: dict[str, Any]) -> LogRecord | None:
     payload = kwargs.get("standard_logging_object")
     request_id = kwargs.get("litellm_call_id")
     if not isinstance(payload, dict) or not request_id or not is_client_traffic(payload):
+        return None
+    if PASSTHROUGH_CALL_TYPE in (kwargs.get("call_type"), payload.get("call_type")):
+        # Pass-through routes log under an id LiteLLM makes up, not the middleware's: a usage
+        # record would be a second row. The middleware reads their usage from the answer.
         return None
     return LogRecord(
         request_id=request_id,

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,24 @@ class Identity:
 
 def sha256_hex(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+PUBLIC_KEY_ID_PREFIX = "kid-"
+PUBLIC_KEY_ID_HEX_CHARS = 16
+# Without a master key (not a setup LiteLLM starts with) ids are stable within one process only.
+_PROCESS_SECRET = secrets.token_bytes(32)
+
+
+def public_key_id(key_hash: str, master_key: str | None) -> str:
+    """A non-secret id of a key for places that publish it (LiteLLM's hashed_api_key label).
+
+    HMAC of the key's sha256 under a per-deployment secret derived from the master key, cut to
+    64 bits: stable across workers and restarts, and it cannot be matched against the keys file
+    (which holds the plain sha256) without the master key.
+    """
+    secret = hashlib.sha256(master_key.encode()).digest() if master_key else _PROCESS_SECRET
+    digest = hmac.new(secret, key_hash.encode(), hashlib.sha256).hexdigest()
+    return PUBLIC_KEY_ID_PREFIX + digest[:PUBLIC_KEY_ID_HEX_CHARS]
 
 
 class KeyStore:

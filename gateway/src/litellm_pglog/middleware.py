@@ -1,9 +1,26 @@
-"""Pure ASGI middleware that logs every OpenAI-route exchange exactly as the client saw it.
+"""Pure ASGI middleware that logs every HTTP exchange on the gateway port exactly as the client saw it.
+
+Log by default, exclude by list: every HTTP request gets one ``LogRecord`` (route, method, the
+status the client received, the model when a JSON body names one), except the short exclusion
+list of ``routes.py`` (liveness probes, our readiness, the admin UI's static assets when the UI
+is on, /metrics when served on this port). Refusals made here are logged like any answer:
+provider pass-through families not enabled (404 ``passthrough_disabled``), the admin UI when
+off (404 ``ui_disabled``) and /metrics (404, served on the monitoring listener). Paths are
+classified once each (``RoutePolicy.classify`` is cached), so the per-request cost is a dict
+lookup. Websockets carry no HTTP status and are not logged; those of a refused family are closed
+before they are accepted. An exception the app lets escape before answering gets a JSON 500
+from here, so that every answer carries the request's call id.
 
 It sits outside the whole LiteLLM app, so the status it records is the one in the
 ``http.response.start`` the server really sent, whichever layer produced it (auth, routing,
-upstream errors, our own 413/400). One ``LogRecord`` per request is handed to the writer
+upstream errors, our own 413/400/404). One ``LogRecord`` per request is handed to the writer
 after the response finished (or the client went away); the writer never blocks.
+
+Request bodies: read whole, up to ``Settings.max_body_bytes`` (413 beyond). Only a body the
+client declares as JSON (``application/json`` or ``*+json``), or one without a content type
+that starts like JSON (``{`` or ``[``), is parsed, for the model and stream flag; an invalid one
+is refused with 400 ``invalid_json``. Multipart uploads (audio, files), form posts and other
+bodies are forwarded untouched.
 
 Request ids: the middleware generates a uuid4 per request and puts it in the request's
 ``x-litellm-call-id`` header, which LiteLLM adopts as ``litellm_call_id``. A client-sent
@@ -30,7 +47,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from litellm_pglog.keys import INVALID_KEY_ALIAS, presented_key
+from litellm_pglog.auth import FORBIDDEN_ROUTE_MESSAGE, INVALID_KEY_MESSAGE
+from litellm_pglog.health import ReadinessEndpoint
+from litellm_pglog.keys import INVALID_KEY_ALIAS, Identity, presented_key
 from litellm_pglog.limits import (
     CAPTURED_BODY_MAX_BYTES,
     DISCARDED_BODY_MAX_BYTES,
@@ -38,22 +57,16 @@ from litellm_pglog.limits import (
     WRITER_STOP_TIMEOUT_SECONDS,
 )
 from litellm_pglog.records import LogRecord
+from litellm_pglog.routes import (
+    RouteClass,
+    RoutePolicy,
+    client_may_call,
+    is_admin_route,
+    read_surface,
+    requires_key,
+)
 from litellm_pglog.runtime import GatewayRuntime
 
-# The OpenAI-compatible routes whose traffic is logged; everything else (health, metrics,
-# admin UI, other provider formats) passes through untouched.
-LOGGED_ROUTES = frozenset(
-    {
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/v1/completions",
-        "/completions",
-        "/v1/embeddings",
-        "/embeddings",
-        "/v1/models",
-        "/models",
-    }
-)
 CALL_ID_HEADER = "x-litellm-call-id"
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client left before any status was sent
 
@@ -70,8 +83,61 @@ class ClientGone(Exception):
     pass
 
 
-def openai_error(message: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+def openai_error(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer the middleware gives instead of LiteLLM (logged like any other)."""
+
+    status: int
+    code: str
+    message: str
+    kind: str = "invalid_request_error"  # the OpenAI error "type"
+
+
+def passthrough_refusal(path: str) -> Refusal:
+    message = (
+        f"Provider pass-through routes are disabled on this gateway ({path}). "
+        "An operator can enable a family with LITELLM_PGLOG_PASSTHROUGH (e.g. openai,anthropic)."
+    )
+    return Refusal(404, "passthrough_disabled", message)
+
+
+UI_REFUSAL = Refusal(
+    404, "ui_disabled", "The admin UI is disabled on this gateway (LITELLM_PGLOG_UI_ENABLED=true enables it)."
+)
+INVALID_KEY_REFUSAL = Refusal(401, "401", INVALID_KEY_MESSAGE, "auth_error")
+METRICS_REFUSAL = Refusal(
+    404, "metrics_on_monitoring_listener", "Not found: metrics are served on the monitoring listener."
+)
+
+
+def caller_refusal(route: str, caller: Identity | None) -> Refusal | None:
+    """The 401/403 ``auth.py`` would give a presented key (``caller`` None: an unknown key),
+    decided before LiteLLM sees the request.
+
+    Answered here because LiteLLM reports an auth failure to its callbacks with the key as
+    presented (hashed only for "sk-" keys): its Prometheus series would publish a client's key
+    in clear in the hashed_api_key label. ``auth.py`` keeps the same rules for processes
+    without this middleware.
+    """
+    if caller is not None:
+        if caller.is_master or client_may_call(route) or not is_admin_route(route):
+            return None  # other routes: LiteLLM's 404, or auth.py's 403
+        return Refusal(403, "403", FORBIDDEN_ROUTE_MESSAGE.format(route=route), "auth_error")
+    if requires_key(route):
+        return INVALID_KEY_REFUSAL
+    return None
+
+
+def wants_json_parse(content_type: str | None, body: bytes) -> bool:
+    """Parse bodies declared as JSON, and undeclared ones that start like JSON; nothing else."""
+    if content_type is None:
+        return body.lstrip()[:1] in (b"{", b"[")
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def describe_request(payload: object) -> tuple[str | None, bool | None]:
@@ -184,21 +250,55 @@ def _loads(data: bytes) -> object:
 
 
 class RequestLogMiddleware:
-    """Routes each ASGI connection: lifespan, logged OpenAI routes, everything else untouched."""
+    """Routes each ASGI connection: lifespan, HTTP by its ``RouteClass``, websockets of refused
+    families closed, other websockets untouched."""
 
-    def __init__(self, app: ASGIApp, runtime: GatewayRuntime) -> None:
+    def __init__(self, app: ASGIApp, runtime: GatewayRuntime, policy: RoutePolicy | None = None) -> None:
         self.app = app
         self.runtime = runtime
+        settings = runtime.settings
+        self.policy = policy or RoutePolicy(read_surface(app), settings.passthrough, settings.ui_enabled)
+        self.readiness = ReadinessEndpoint(runtime)
+        self._metrics_app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.runtime.settings.enabled:  # LITELLM_PGLOG_ENABLED=false: the bare proxy (baseline)
             await self.app(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
-        elif scope["type"] == "http" and scope["path"].rstrip("/") in LOGGED_ROUTES:
-            await LoggedExchange(self.app, self.runtime, scope).run(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket" and self.policy.classify(scope["path"]) in REFUSED_WEBSOCKETS:
+            await _refuse_websocket(receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = self.policy.classify(scope["path"])
+        if kind is RouteClass.LOGGED:
+            await LoggedExchange(self.app, self.runtime, scope).run(receive, send)
+        elif kind is RouteClass.UNLOGGED:
+            await self.app(scope, receive, send)
+        elif kind is RouteClass.READINESS:
+            await self.readiness(scope, receive, send)
+        elif kind is RouteClass.METRICS and self.runtime.settings.metrics_on_api_port:
+            await self._metrics()(scope, receive, send)
+        else:
+            refusal = _refusal(kind, scope["path"])
+            await LoggedExchange(self.app, self.runtime, scope, refusal).run(receive, send)
+
+    def _metrics(self) -> ASGIApp:
+        """The monitoring exposition, built on first use (imported only when asked for)."""
+        if self._metrics_app is None:
+            try:
+                from litellm_pglog.exposition import MetricsEndpoint
+            except ImportError:
+                # Without the exposition module, LiteLLM's own /metrics (its registry only).
+                logger.warning("litellm_pglog: no exposition module, /metrics served by LiteLLM")
+                self._metrics_app = self.app
+            else:
+                self._metrics_app = MetricsEndpoint(self.runtime.settings)
+        return self._metrics_app
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start the runtime before the app's startup, stop it before reporting the shutdown."""
@@ -237,10 +337,30 @@ class RequestLogMiddleware:
             logger.exception("litellm_pglog: stopping the log writer failed")
 
 
-class LoggedExchange:
-    """One request on a logged route: read, checked, forwarded, observed and submitted once."""
+# Websockets are not logged (no HTTP status to record), but a disabled family's (e.g. the
+# /vertex_ai/live pass-through) is closed before it is accepted: the server answers 403.
+REFUSED_WEBSOCKETS = frozenset({RouteClass.PASSTHROUGH_DISABLED, RouteClass.UI_DISABLED})
 
-    def __init__(self, app: ASGIApp, runtime: GatewayRuntime, scope: Scope) -> None:
+
+async def _refuse_websocket(receive: Receive, send: Send) -> None:
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
+
+
+def _refusal(kind: RouteClass, path: str) -> Refusal:
+    if kind is RouteClass.PASSTHROUGH_DISABLED:
+        return passthrough_refusal(path)
+    if kind is RouteClass.UI_DISABLED:
+        return UI_REFUSAL
+    return METRICS_REFUSAL
+
+
+class LoggedExchange:
+    """One logged request: read, checked, forwarded (or refused), observed and submitted once."""
+
+    def __init__(
+        self, app: ASGIApp, runtime: GatewayRuntime, scope: Scope, refusal: Refusal | None = None
+    ) -> None:
         self.app = app
         self.runtime = runtime
         self.record = LogRecord(
@@ -249,7 +369,8 @@ class LoggedExchange:
             route=scope["path"],
             method=scope["method"],
         )
-        self._identify_caller(scope)
+        caller_refusal = self._identify_caller(scope)
+        self.refusal = refusal or caller_refusal  # set: answered here, the app is not called
         self.observer = ResponseObserver(self.record)
         self.scope = _with_call_id(scope, self.record.request_id)
 
@@ -257,30 +378,47 @@ class LoggedExchange:
         record = self.record
         try:
             body = await self._read_request(receive, send)
-            if body is not None:
+            if body is not None and self.refusal is not None:
+                payload = openai_error(self.refusal.message, self.refusal.code, self.refusal.kind)
+                await self._reject(receive, send, self.refusal.status, payload, close=False)
+            elif body is not None:
                 await self._forward(body, receive, send)
+        except Exception as exc:
+            if record.status_code is not None or self.observer.client_gone:
+                self._note_failure(exc)
+                raise
+            # The app failed before answering (LiteLLM lets some upstream errors escape): answer
+            # the 500 here rather than leave it to the server, so it carries the call id too.
+            logger.error("litellm_pglog: unhandled error on %s", record.route, exc_info=exc)
+            message = f"Internal server error ({type(exc).__name__})."
+            await self._reject(receive, send, 500, openai_error(message, "500", "internal_server_error"))
         except BaseException as exc:
             if record.status_code is None:
                 # Nothing was sent yet; the server answers 500 on our behalf.
                 record.status_code = CLIENT_CLOSED_REQUEST if isinstance(exc, asyncio.CancelledError) else 500
-            record.error_type = record.error_type or type(exc).__name__
-            record.error_message = record.error_message or str(exc)[:ERROR_MESSAGE_MAX_CHARS]
+            self._note_failure(exc)
             raise
         finally:
             if not self.observer.submitted:
                 self._submit()
 
-    def _identify_caller(self, scope: Scope) -> None:
+    def _note_failure(self, exc: BaseException) -> None:
+        self.record.error_type = self.record.error_type or type(exc).__name__
+        self.record.error_message = self.record.error_message or str(exc)[:ERROR_MESSAGE_MAX_CHARS]
+
+    def _identify_caller(self, scope: Scope) -> Refusal | None:
+        """Fills the caller's alias and user into the record; returns the 401/403 it earns."""
         key = presented_key(Headers(scope=scope))
         if key is None:
-            return
+            return None
         try:
             identity = self.runtime.key_store.identify(key)
         except Exception:
             logger.warning("litellm_pglog: cannot identify the caller", exc_info=True)
-            return
+            return None
         self.record.api_key = identity.alias if identity else INVALID_KEY_ALIAS
         self.record.user_id = identity.user_id if identity else None
+        return caller_refusal(scope["path"], identity)
 
     async def _read_request(self, receive: Receive, send: Send) -> bytes | None:
         """The whole request body, or None when it was answered here (413, 400) or abandoned."""
@@ -297,7 +435,7 @@ class LoggedExchange:
             self.record.status_code = CLIENT_CLOSED_REQUEST
             self.record.error_type = "client_disconnected"
             return None
-        if body:
+        if body and wants_json_parse(Headers(scope=self.scope).get("content-type"), body):
             try:
                 self.record.model, self.record.stream = describe_request(json.loads(body))
             except ValueError as exc:
@@ -334,13 +472,14 @@ class LoggedExchange:
         finally:
             watcher.cancel()
 
-    async def _reject(self, receive: Receive, send: Send, status: int, payload: dict[str, Any]) -> None:
+    async def _reject(
+        self, receive: Receive, send: Send, status: int, payload: dict[str, Any], close: bool = True
+    ) -> None:
         """Answer here without calling the app; observed like any answer."""
-        headers = {
-            CALL_ID_HEADER: self.record.request_id,
+        headers = {CALL_ID_HEADER: self.record.request_id}
+        if close:
             # An oversized body may not have been read to its end: do not reuse the connection.
-            "connection": "close",
-        }
+            headers["connection"] = "close"
 
         async def observed_send(message: Message) -> None:
             await self._send_observed(send, message)
@@ -416,11 +555,12 @@ def _with_call_id(scope: Scope, request_id: str) -> Scope:
 
 
 def _ensure_call_id(message: Message, request_id: str) -> Message:
-    """Answers LiteLLM produced before adopting the id (auth errors) get it too, for correlation."""
+    """Every answer carries our id: those LiteLLM produced before adopting it (auth errors) and
+    those of routes that make up their own (provider pass-through), for correlation."""
     headers = MutableHeaders(raw=list(message.get("headers") or ()))
-    if CALL_ID_HEADER in headers:
+    if headers.get(CALL_ID_HEADER) == request_id:
         return message
-    headers.append(CALL_ID_HEADER, request_id)
+    headers[CALL_ID_HEADER] = request_id
     return {**message, "headers": headers.raw}
 
 

@@ -11,6 +11,7 @@ so this package only reads names that start with LITELLM_.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,12 @@ class Settings:
     # Bound on connecting and on any one database call: a PostgreSQL that hangs instead of
     # refusing is treated as down after this long (see db.CallDeadline).
     db_timeout_seconds: float = DB_TIMEOUT_SECONDS
+    # Provider pass-through families served (first path segment: "openai", "anthropic"...); the
+    # others are refused with 404, because they call the provider with the server's own key.
+    passthrough: frozenset[str] = frozenset()
+    ui_enabled: bool = False  # LiteLLM's admin UI (/ui and its login helpers)
+    # /metrics on the API port: off by default, metrics belong on the monitoring listener.
+    metrics_on_api_port: bool = False
 
 
 def _positive(environ: Mapping[str, str], name: str, default: int | float, kind: type) -> int | float:
@@ -66,6 +73,18 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in TRUE_WORDS
 
 
+PASSTHROUGH_NAME = re.compile(r"^[a-z0-9_.-]+$")
+
+
+def _names(environ: Mapping[str, str], name: str) -> frozenset[str]:
+    """A comma-separated list of lowercase names (spaces around commas allowed)."""
+    items = [item.strip() for item in environ.get(name, "").split(",")]
+    for item in filter(None, items):
+        if not PASSTHROUGH_NAME.match(item):
+            raise SettingsError(f"{name}: {item!r} is not a family name (lowercase [a-z0-9_.-]+)")
+    return frozenset(filter(None, items))
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``environ`` (default: the process environment); raises SettingsError."""
     env = os.environ if environ is None else environ
@@ -86,4 +105,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         db_timeout_seconds=_positive(
             env, "LITELLM_PGLOG_DB_TIMEOUT_SECONDS", defaults.db_timeout_seconds, float
         ),
+        passthrough=_names(env, "LITELLM_PGLOG_PASSTHROUGH"),
+        ui_enabled=_flag(env, "LITELLM_PGLOG_UI_ENABLED", defaults.ui_enabled),
+        metrics_on_api_port=_flag(env, "LITELLM_PGLOG_METRICS_ON_API_PORT", defaults.metrics_on_api_port),
     )

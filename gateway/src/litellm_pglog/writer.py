@@ -20,6 +20,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -32,8 +35,21 @@ from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError
 from litellm_pglog.sink import DatabaseSink, clean_record
+from litellm_pglog.spool import SPOOL_GLOB
 
 log = logging.getLogger("litellm_pglog")
+
+
+@dataclass(frozen=True)
+class WriterState:
+    """What a readiness probe needs to know about one writer (see ``health.py``)."""
+
+    running: bool  # the writer thread is alive and accepting records
+    database_down: bool  # the last write or replay attempt failed
+    queued: int  # records in memory, waiting for the database
+    spooled_records: int  # records this writer put in the spool since it started
+    spool_bytes: int  # spool files waiting for a replay (all workers'), journals not included
+    dropped_records: int  # records this writer lost since it started
 
 
 class LogWriter:
@@ -105,6 +121,19 @@ class LogWriter:
     def stats(self) -> dict[str, int]:
         return {**self._metrics.snapshot(), "queue_depth": len(self._queue)}
 
+    def state(self) -> WriterState:
+        """Read from request handlers: lists the spool directory, reads the rest from memory."""
+        counts = self._metrics.snapshot()
+        thread = self._thread
+        return WriterState(
+            running=thread is not None and thread.is_alive() and not self._queue.closed,
+            database_down=self._outage.down,  # one attribute read: safe from another thread
+            queued=len(self._queue),
+            spooled_records=counts["spooled"],
+            spool_bytes=_size_of(self._store.directory.glob(SPOOL_GLOB)),
+            dropped_records=counts["dropped"],
+        )
+
     # ---- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -168,3 +197,13 @@ class LogWriter:
     def _spool_left(self, left: list[Queued]) -> None:
         self._store.spool_records([queued.record for queued in left], sync=True)
         self._store.settle(queued.journal_file for queued in left)
+
+
+def _size_of(paths: Iterable[Path]) -> int:
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # replayed and deleted meanwhile
+            continue
+    return total
