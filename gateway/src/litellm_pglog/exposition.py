@@ -354,11 +354,16 @@ class MetricsEndpoint:
     read this. Rendering (reading every worker's files) runs in a thread, off the event loop.
     """
 
-    def __init__(self, settings: Settings, exposition: ExpositionSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        exposition: ExpositionSettings | None = None,
+        source: Collector | None = None,
+    ) -> None:
         self.settings = settings
         if exposition is None:
             exposition = load_exposition_settings(key_labels_default=False)
-        self._scraper = Scraper(exposition)
+        self._scraper = Scraper(exposition, source)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
