@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from litellm_pglog.exposition import (
     MultiprocessSource,
     Scraper,
     load_exposition_settings,
+    main,
     parse_listen,
 )
 from litellm_pglog.settings import Settings, SettingsError
@@ -289,3 +291,24 @@ def test_the_exporter_serves_metrics_only_on_its_path(exporter_url):
     assert not HASH_LIKE.search(served.text)
     assert httpx.get(f"{exporter_url}/metrics/").status_code == 200
     assert httpx.get(f"{exporter_url}/").status_code == 404
+
+
+def test_the_command_line_prints_one_rendering_or_says_what_is_missing(tmp_path, monkeypatch, capsysbinary):
+    write_value(tmp_path, "counter_1.db", "pglog_rows_written", "pglog_rows_written_total", 9)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert main(["--print"]) == 0
+    assert b"pglog_rows_written_total 9.0" in capsysbinary.readouterr().out
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
+    assert main(["--print"]) == 1
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--print"])
+    assert exit_status.value.code == 2
+    assert b"PROMETHEUS_MULTIPROC_DIR is not set" in capsysbinary.readouterr().err
+
+
+def test_the_exporter_does_not_import_litellm():
+    script = "import json, sys, litellm_pglog.exposition; print(json.dumps(sorted(sys.modules)))"
+    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    modules = json.loads(imported.stdout)
+    assert not [name for name in modules if name.split(".")[0] in ("litellm", "fastapi", "starlette")]
