@@ -7,7 +7,9 @@ over: plain, with a scrape token, and with key labels off.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -247,3 +249,25 @@ def test_without_key_labels_the_same_totals_carry_no_client_label(gateway, expor
     assert not HEX64.search(without.text)
     for name in (REQUESTS_TOTAL, *PGLOG_COUNTERS):
         assert without.total(name) == with_labels.total(name), name
+
+
+def test_a_killed_worker_keeps_its_counts_and_loses_its_live_gauges(gateway, exporters):
+    # Last in the module: uvicorn replaces the worker, LiteLLM's startup in the replacement
+    # calls mark_process_dead for it (uvicorn has no exit hook), the renderer skips it until then.
+    exporter = exporters["plain"]
+    before = exporter.quiet()
+    victim = int(next(gateway.multiproc_dir.glob("gauge_livesum_*.db")).stem.rpartition("_")[2])
+    os.kill(victim, signal.SIGKILL)
+
+    deadline = time.monotonic() + 60
+    while (gateway.multiproc_dir / f"gauge_livesum_{victim}.db").exists():
+        assert time.monotonic() < deadline, "the dead worker's live gauges were never marked dead"
+        time.sleep(0.2)
+    answers = send(gateway, one_record_requests(gateway, 6))
+    assert sorted({response.status_code for response in answers}) == [200, 401]
+
+    after = exporter.quiet()
+    for key, value in before.monotonic_series().items():
+        assert after.values.get(key, -1) >= value, f"{key} went from {value} to {after.values.get(key)}"
+    assert f"counter_{victim}.db" in {path.name for path in gateway.multiproc_dir.iterdir()}
+    assert after.total("pglog_queue_depth") == 0

@@ -62,6 +62,9 @@ The directory's life cycle
 - It must be empty when the gateway starts: files of an earlier run would be added to the
   new counts. A systemd ``RuntimeDirectory=`` does it (created empty at start, removed at
   stop); the exporter answers 503 while the directory does not exist.
+- The exporter's user must be able to read the files: the workers create them with their
+  umask (systemd's default 0022 gives 0644); with a stricter ``UMask=`` give the exporter the
+  gateway's group, and the directory a matching ``RuntimeDirectoryMode=``.
 - A worker that dies leaves its files: its counters stay in the sums (totals never go
   backwards), its "live" gauges (pglog_queue_depth, LiteLLM's in-flight requests) must not.
   uvicorn's supervisor has no exit hook, so LiteLLM calls ``mark_process_dead`` for dead pids
