@@ -171,10 +171,10 @@ class Gateway:
     db_url: str
     keys: GatewayKeys = field(default_factory=GatewayKeys)
     app: str = PROXY_APP
-    workers: int = 1
-    extra_env: dict[str, str] = field(default_factory=dict)
     # PROMETHEUS_MULTIPROC_DIR: emptied at every start, as systemd's RuntimeDirectory= does.
     multiproc_dir: Path | None = None
+    workers: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
