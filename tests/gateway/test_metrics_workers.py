@@ -252,22 +252,26 @@ def test_without_key_labels_the_same_totals_carry_no_client_label(gateway, expor
 
 
 def test_a_killed_worker_keeps_its_counts_and_loses_its_live_gauges(gateway, exporters):
-    # Last in the module: uvicorn replaces the worker, LiteLLM's startup in the replacement
-    # calls mark_process_dead for it (uvicorn has no exit hook), the renderer skips it until then.
+    # Last in the module. The renderer skips the live-gauge files of dead pids at once; then
+    # LiteLLM's startup in the replacement worker deletes them (mark_process_dead: uvicorn has no
+    # exit hook for it).
     exporter = exporters["plain"]
     before = exporter.quiet()
     victim = int(next(gateway.multiproc_dir.glob("gauge_livesum_*.db")).stem.rpartition("_")[2])
     os.kill(victim, signal.SIGKILL)
-
-    deadline = time.monotonic() + 60
-    while (gateway.multiproc_dir / f"gauge_livesum_{victim}.db").exists():
-        assert time.monotonic() < deadline, "the dead worker's live gauges were never marked dead"
-        time.sleep(0.2)
-    answers = send(gateway, one_record_requests(gateway, 6))
+    answers = send(gateway, one_record_requests(gateway, 6))  # the other worker answers
     assert sorted({response.status_code for response in answers}) == [200, 401]
 
     after = exporter.quiet()
     for key, value in before.monotonic_series().items():
         assert after.values.get(key, -1) >= value, f"{key} went from {value} to {after.values.get(key)}"
+    assert after.total("pglog_rows_written_total") == before.total("pglog_rows_written_total") + len(answers)
     assert f"counter_{victim}.db" in {path.name for path in gateway.multiproc_dir.iterdir()}
+    # The dead worker's last queue depth would stay in the sum without the renderer's filter.
     assert after.total("pglog_queue_depth") == 0
+
+    deadline = time.monotonic() + 60
+    while (gateway.multiproc_dir / f"gauge_livesum_{victim}.db").exists():
+        assert time.monotonic() < deadline, "the replacement worker never marked the dead one"
+        time.sleep(0.2)
+    assert exporter.quiet().total("pglog_rows_written_total") == after.total("pglog_rows_written_total")
