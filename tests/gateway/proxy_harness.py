@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,6 +171,8 @@ class Gateway:
     db_url: str
     keys: GatewayKeys = field(default_factory=GatewayKeys)
     app: str = PROXY_APP
+    # PROMETHEUS_MULTIPROC_DIR: emptied at every start, as systemd's RuntimeDirectory= does.
+    multiproc_dir: Path | None = None
     workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
     # Merged into the generated config.yaml, one level deep (e.g. {"router_settings": {...}}).
@@ -201,7 +204,10 @@ class Gateway:
         keys_file.chmod(0o600)
 
     def environment(self) -> dict[str, str]:
-        env = {name: value for name, value in os.environ.items() if name not in PRISMA_TRIGGERS}
+        inherited = (*PRISMA_TRIGGERS, "PROMETHEUS_MULTIPROC_DIR")
+        env = {name: value for name, value in os.environ.items() if name not in inherited}
+        if self.multiproc_dir is not None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.multiproc_dir)
         python_path = list(filter(None, env.get("PYTHONPATH", "").split(os.pathsep)))
         if PACKAGE_ROOT.name != "site-packages":  # running from the source tree
             python_path.insert(0, str(PACKAGE_ROOT))
@@ -224,6 +230,9 @@ class Gateway:
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Gateway:
         self.write_files()
+        if self.multiproc_dir is not None:
+            shutil.rmtree(self.multiproc_dir, ignore_errors=True)
+            self.multiproc_dir.mkdir(parents=True)
         command = [
             sys.executable, "-m", "uvicorn", self.app,
             "--host", "127.0.0.1", "--port", str(self.port),

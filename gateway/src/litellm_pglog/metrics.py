@@ -1,4 +1,20 @@
-"""The writer's counts: per writer for ``stats()``, and the process's Prometheus series."""
+"""The writer's counts: per writer for ``stats()``, and the process's Prometheus series.
+
+Who writes and who reads the pglog_* series:
+
+- each gateway worker's writer increments them here (one ``PrometheusSeries`` per process);
+- with ``--workers N`` the gateway runs with PROMETHEUS_MULTIPROC_DIR set (systemd
+  Environment=, so it is in place before prometheus_client is first imported: the client picks
+  its value store at import time). Every worker then writes its values to files named after its
+  pid in that directory, and ``exposition.py`` sums them over the workers for the scraper.
+  Without the variable (one worker, the tests) the series live in the process's default registry.
+
+Counters need nothing for multiprocess mode: the files of all workers, dead ones included, are
+summed, so a total never goes backwards when uvicorn replaces a worker. A gauge does: its
+``multiprocess_mode`` says how the workers' values combine. The queue depth is "livesum": the
+records waiting in memory in all living workers (a dead worker's file is removed by
+``prometheus_client.multiprocess.mark_process_dead``, see ``exposition.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +22,9 @@ import threading
 from typing import Any
 
 COUNT_NAMES = ("submitted", "written", "spooled", "replayed", "dropped", "rejected", "db_errors")
+
+# How the workers' pglog_queue_depth values combine in multiprocess mode (see the docstring).
+QUEUE_DEPTH_MULTIPROCESS_MODE = "livesum"
 
 
 class PrometheusSeries:
@@ -20,12 +39,17 @@ class PrometheusSeries:
         self.rows_written = _get_or_create(Counter, "pglog_rows_written", "Request rows upserted")
         self.spooled = _get_or_create(Counter, "pglog_records_spooled", "Records written to the spool")
         self.dropped = _get_or_create(Counter, "pglog_records_dropped", "Records lost: spool full")
-        self.queue_depth = _get_or_create(Gauge, "pglog_queue_depth", "Records waiting in memory")
+        self.queue_depth = _get_or_create(
+            Gauge,
+            "pglog_queue_depth",
+            "Records waiting in memory",
+            multiprocess_mode=QUEUE_DEPTH_MULTIPROCESS_MODE,
+        )
 
 
-def _get_or_create(kind: type, name: str, documentation: str) -> Any:
+def _get_or_create(kind: type, name: str, documentation: str, **options: Any) -> Any:
     try:
-        return kind(name, documentation)
+        return kind(name, documentation, **options)
     except ValueError:  # already registered, e.g. module re-imported under another name
         from prometheus_client import REGISTRY
 
