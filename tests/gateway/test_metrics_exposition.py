@@ -293,6 +293,11 @@ def test_the_exporter_serves_metrics_only_on_its_path(exporter_url):
     assert httpx.get(f"{exporter_url}/").status_code == 404
 
 
+def test_the_exporter_health_says_ok_and_nothing_else(exporter_url):
+    health = httpx.get(f"{exporter_url}/health")
+    assert (health.status_code, health.text) == (200, "ok\n")
+
+
 def test_the_command_line_prints_one_rendering_or_says_what_is_missing(tmp_path, monkeypatch, capsysbinary):
     write_value(tmp_path, "counter_1.db", "pglog_rows_written", "pglog_rows_written_total", 9)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))

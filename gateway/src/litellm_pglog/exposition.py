@@ -109,6 +109,7 @@ KEY_LABELS_ENV = "LITELLM_PGLOG_METRICS_KEY_LABELS"
 LABEL_SALT_FILE_ENV = "LITELLM_PGLOG_METRICS_LABEL_SALT_FILE"
 DEFAULT_LISTEN = "127.0.0.1:9464"
 METRICS_PATH = "/metrics"
+HEALTH_PATH = "/health"  # no token, no data: "ok"
 
 # Labels that say which client a series belongs to (LiteLLM's UserAPIKeyLabelNames that name a
 # key, a person, an organisation or a client machine).
@@ -399,10 +400,14 @@ class _ScrapeHandler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
-        if urlsplit(self.path).path.rstrip("/") != METRICS_PATH:
+        path = urlsplit(self.path).path.rstrip("/")
+        if path == HEALTH_PATH:
+            # For the deployment's start wait and liveness probes: says only that it runs.
+            self._reply(ScrapeAnswer(200, b"ok\n"))
+        elif path == METRICS_PATH:
+            self._reply(self.server.scraper.answer(self.headers.get("Authorization")))
+        else:
             self._reply(ScrapeAnswer(404, b"not found: try /metrics\n"))
-            return
-        self._reply(self.server.scraper.answer(self.headers.get("Authorization")))
 
     def _reply(self, answer: ScrapeAnswer) -> None:
         self.send_response(answer.status)
