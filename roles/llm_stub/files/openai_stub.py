@@ -2,7 +2,8 @@
 """OpenAI-compatible upstream stub for the lab (standard library only, Python >= 3.11).
 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions (JSON or SSE stream),
-POST /v1/completions, POST /v1/embeddings. Paths without the /v1 prefix work too.
+POST /v1/completions, POST /v1/embeddings, POST /v1/responses (not streamed). Paths without the
+/v1 prefix work too.
 
 Usage counts are deterministic: one token per whitespace-separated word.
 Error injection: model ``stub-error-NNN`` (e.g. ``stub-error-500``) or request header
@@ -191,6 +192,9 @@ class StubHandler(BaseHTTPRequestHandler):
         if path == "/embeddings":
             self.send_json(200, self.embeddings(body, model))
             return 200
+        if path == "/responses":
+            self.send_json(200, self.response(body, model))
+            return 200
         self.send_json(404, error_body(404, f"Unknown path {path}"))
         return 404
 
@@ -224,6 +228,27 @@ class StubHandler(BaseHTTPRequestHandler):
             "model": model or STUB_MODEL,
             "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "stop", "logprobs": None}],
             "usage": usage(count_words(body.get("prompt")), len(words)),
+        }
+
+    @staticmethod
+    def response(body: dict, model: str | None) -> dict:
+        """OpenAI's Responses API (LiteLLM sends /v1/responses and /v1/messages here)."""
+        words = reply_words(body.get("max_output_tokens"))
+        prompt_tokens, completion_tokens = count_words(body.get("input")), len(words)
+        text = {"type": "output_text", "text": " ".join(words), "annotations": []}
+        message = {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "completed"}
+        return {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model or STUB_MODEL,
+            "output": [{**message, "role": "assistant", "content": [text]}],
+            "usage": {
+                "input_tokens": prompt_tokens,
+                "output_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     @staticmethod
