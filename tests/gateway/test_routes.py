@@ -254,11 +254,11 @@ MATRIX = {
     "completions": Call("POST", "/v1/completions", 200, json={"model": CHAT_MODEL, "prompt": "hi"}),
     "embeddings": Call("POST", "/v1/embeddings", 200, json={"model": CHAT_MODEL, "input": "hi"}),
     "models": Call("GET", "/v1/models", 200),
-    # The stub serves chat, completions, embeddings and models only: the other families reach it
+    # The stub serves chat, completions, embeddings, responses and models only: the other families reach it
     # and get its 404 (or LiteLLM's own error); what matters is one row with that status.
-    "responses": Call("POST", "/v1/responses", 404, json={"model": CHAT_MODEL, "input": "hi"}),
+    "responses": Call("POST", "/v1/responses", 200, json={"model": CHAT_MODEL, "input": "hi"}),
     "messages": Call(
-        "POST", "/v1/messages", 404, json={"model": CHAT_MODEL, "max_tokens": 8, "messages": MESSAGES}
+        "POST", "/v1/messages", 200, json={"model": CHAT_MODEL, "max_tokens": 8, "messages": MESSAGES}
     ),
     "moderations": Call("POST", "/v1/moderations", 404, json={"model": CHAT_MODEL, "input": "hi"}),
     "images": Call("POST", "/v1/images/generations", 404, json={"model": CHAT_MODEL, "prompt": "a cat"}),
