@@ -61,8 +61,10 @@ UI_HELPER_MODULES = (
     "litellm.proxy.management_endpoints.ui_sso",
     "litellm.proxy.discovery_endpoints.ui_discovery_endpoints",
 )
-# UI login helpers proxy_server.py defines next to LLM routes: no module tells them apart.
-UI_HELPER_PATHS = ("/login", "/v2/login", "/fallback/login", "/onboarding")
+# UI login helpers proxy_server.py defines next to LLM routes: no module tells them apart. The
+# /public/* model, agent and MCP hubs and the logo (/get_image) answer without any key and only
+# serve the UI's pages.
+UI_HELPER_PATHS = ("/login", "/v2/login", "/fallback/login", "/onboarding", "/public", "/get_image")
 # The docs page's own static files are mounted like the UI's but are not the UI.
 DOCS_STATIC_MOUNTS = frozenset({"/swagger"})
 CLASSIFY_CACHE_SIZE = 4096  # distinct paths remembered; ids in paths make the set open-ended
