@@ -108,15 +108,20 @@ def clean_record(record: LogRecord) -> LogRecord:
 def merge_records(records: list[LogRecord]) -> list[LogRecord]:
     """One record per request_id: later non-NULL values win, the earliest timestamp stays.
 
-    Merges INTO the first record of each request_id: pass records of your own (write_records
-    passes the copies clean_record made). Sorted by request_id so that concurrent writers lock
-    rows in the same order (no deadlocks).
+    Sorted by request_id so that concurrent writers lock rows in the same order (no deadlocks).
+    The records passed in stay as they are (a failed batch is spooled or halved as it came):
+    a request's first record is copied once its second one arrives.
     """
     merged: dict[str, LogRecord] = {}
+    copied: set[str] = set()
     for record in records:
-        known = merged.setdefault(record.request_id, record)
+        request_id = record.request_id
+        known = merged.setdefault(request_id, record)
         if known is record:
             continue
+        if request_id not in copied:
+            known = merged[request_id] = dataclasses.replace(known)
+            copied.add(request_id)
         earliest = min(known.created_at, record.created_at)
         for name in FIELDS:
             if (value := getattr(record, name)) is not None:
@@ -179,12 +184,17 @@ def encode_batch(records: list[LogRecord]) -> str:
     return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
 
-def write_records(connection: Connection, records: list[LogRecord]) -> int:
-    """Upsert the records and their responses rows; returns the number of request rows touched."""
-    merged = merge_records([clean_record(record) for record in records])
+def upsert_clean(connection: Connection, records: list[LogRecord]) -> int:
+    """``write_records`` for records clean_record() made: merge and upsert, one statement."""
+    merged = merge_records(records)
     if merged:
         connection.execute(UPSERT_BATCH, {"batch": encode_batch(merged)})
     return len(merged)
+
+
+def write_records(connection: Connection, records: list[LogRecord]) -> int:
+    """Upsert the records and their responses rows; returns the number of request rows touched."""
+    return upsert_clean(connection, [clean_record(record) for record in records])
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -197,7 +207,7 @@ def is_data_error(exc: BaseException) -> bool:
 
 
 class DatabaseSink:
-    """Writes batches in one transaction each; a refused batch is retried record by record."""
+    """Writes batches in one transaction each; a refused batch is halved until the culprit is found."""
 
     def __init__(self, engine: Engine, metrics: WriterMetrics, on_reject: OnReject, timeout: float) -> None:
         self.engine = engine
@@ -206,13 +216,23 @@ class DatabaseSink:
         self._deadline = CallDeadline(engine, timeout)
 
     def write(self, records: list[LogRecord]) -> int:
-        """How many records reached PostgreSQL (the others were rejected for good).
+        """Clean, then write the records (from the spool: any content); see ``write_clean``."""
+        usable = []
+        for record in records:
+            try:
+                usable.append(clean_record(record))
+            except ValueError as exc:  # no request_id: no row can ever hold it
+                self._on_reject(record, exc)
+        return self.write_clean(usable) if usable else 0
+
+    def write_clean(self, records: list[LogRecord]) -> int:
+        """How many of the (cleaned) records reached PostgreSQL; the others were rejected for good.
 
         Raises when PostgreSQL could not be used at all: the caller keeps the records.
         """
         try:
             with self._deadline(), self.engine.begin() as connection:
-                rows = write_records(connection, records)
+                rows = upsert_clean(connection, records)
         except Exception as exc:
             if not is_data_error(exc):
                 raise
@@ -224,10 +244,10 @@ class DatabaseSink:
         """Find the refused record(s) by halving the batch: log2(n) rounds, not n statements.
 
         The halves keep their order, so later values still win when a request's records are
-        split between them; the upsert merges them like records of separate batches.
+        split between them: the upsert merges them like records of separate batches.
         """
         if len(records) == 1:
             self._on_reject(records[0], exc)
             return 0
         middle = len(records) // 2
-        return self.write(records[:middle]) + self.write(records[middle:])
+        return self.write_clean(records[:middle]) + self.write_clean(records[middle:])

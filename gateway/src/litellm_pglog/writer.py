@@ -9,7 +9,8 @@ are replayed once it answers again, or by the next process that starts.
 ``LogWriter`` only wires the parts together and runs the thread:
 
 - ``batching.BatchQueue``: the queue, batch assembly and the flush watermark;
-- ``sink.DatabaseSink``: cleaning, merging and upserting records, per-record retry;
+- ``sink.DatabaseSink``: cleaning, merging and upserting records (one statement per batch),
+  isolating a refused record;
 - ``durable.DurableStore``: the journal, the spool, rejected records and loud drops;
 - ``outage.OutageState``: down/up, retry backoff and when to replay the spool;
 - ``metrics.WriterMetrics``: the counts behind ``stats()`` and the Prometheus series.
@@ -26,7 +27,7 @@ from sqlalchemy import Engine
 from litellm_pglog.batching import BatchQueue, Queued
 from litellm_pglog.db import describe_db_error, make_engine, safe_url
 from litellm_pglog.durable import DurableStore
-from litellm_pglog.limits import FIRST_RETRY_SECONDS
+from litellm_pglog.limits import FIRST_RETRY_SECONDS, REPLAY_BATCH_SIZE
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
@@ -53,6 +54,8 @@ class LogWriter:
         self._sink = DatabaseSink(engine, self._metrics, self._store.reject, settings.db_timeout_seconds)
         self._outage = OutageState(settings.retry_max_seconds, safe_url(engine.url), settings.spool_dir)
         self._thread: threading.Thread | None = None
+        # A backlog goes in big batches: one statement per batch, so the bigger the cheaper.
+        self._replay_batch_size = max(settings.batch_size, REPLAY_BATCH_SIZE)
 
     # ---- API used by request handlers -------------------------------------------------------
 
@@ -139,7 +142,7 @@ class LogWriter:
             self._store.spool_records(records, sync=True)
             return
         try:
-            written = self._sink.write(records)
+            written = self._sink.write_clean(records)  # submit() cleaned them
         except Exception as exc:  # every failure keeps the records
             self._mark_down(exc)
             self._store.spool_records(records, sync=True)
@@ -151,7 +154,7 @@ class LogWriter:
         self._outage.replay_started()
         for claimed in self._store.claim_files():
             try:
-                self._store.replay(claimed, self._settings.batch_size, self._replay_batch)
+                self._store.replay(claimed, self._replay_batch_size, self._replay_batch)
             except Exception as exc:  # the file stays for the next attempt
                 self._mark_down(exc)
                 return
