@@ -12,6 +12,7 @@ import functools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, String, Text, bindparam, cast, column, func, select
 from sqlalchemy.dialects.postgresql import JSON, insert
@@ -37,6 +38,8 @@ MAX_CHARS = {
 FIELDS = REQUEST_FIELDS + RESPONSE_FIELDS
 INT_FIELDS = ("status_code", "prompt_tokens", "completion_tokens", "total_tokens")
 
+# A record's values by column name, on their way to one statement's JSON parameter.
+Row = dict[str, Any]
 # Told about a record PostgreSQL refused for good, with the reason.
 OnReject = Callable[[LogRecord, BaseException], None]
 
@@ -91,42 +94,53 @@ def _cleaner(name: str) -> Callable[[object], object]:
     return lambda _value: None
 
 
-# Looked up once here rather than per value: clean_record() runs twice for every record.
+# Looked up once here rather than per value: every record is cleaned on its way in.
 CLEANERS = tuple((name, _cleaner(name)) for name in FIELDS if name != "created_at")
 
 
-def clean_record(record: LogRecord) -> LogRecord:
-    """A copy that PostgreSQL accepts: bounded strings, no NUL, ints in range, a timestamp."""
+def clean_values(record: LogRecord) -> Row:
+    """The record's values as a row PostgreSQL accepts: bounded strings, no NUL, ints in range,
+    a timestamp. Raises ValueError for something that is no record (no request_id).
+    """
     if not isinstance(record, LogRecord) or not record.request_id:
         raise ValueError("a LogRecord with a request_id is required")
-    values = {
+    row: Row = {
         name: None if (value := getattr(record, name)) is None else clean(value) for name, clean in CLEANERS
     }
-    return LogRecord(created_at=_clean_timestamp(record.created_at), **values)
+    row["created_at"] = _clean_timestamp(record.created_at)
+    return row
 
 
-def merge_records(records: list[LogRecord]) -> list[LogRecord]:
-    """One record per request_id: later non-NULL values win, the earliest timestamp stays.
+def clean_record(record: LogRecord) -> LogRecord:
+    """A copy that PostgreSQL accepts (see ``clean_values``)."""
+    return LogRecord(**clean_values(record))
+
+
+def as_row(record: LogRecord) -> Row:
+    """The values of a record clean_record() made, as a row."""
+    return {name: getattr(record, name) for name in FIELDS}
+
+
+def merge_rows(rows: list[Row]) -> list[Row]:
+    """One row per request_id: later non-NULL values win, the earliest timestamp stays.
 
     Sorted by request_id so that concurrent writers lock rows in the same order (no deadlocks).
-    The records passed in stay as they are (a failed batch is spooled or halved as it came):
-    a request's first record is copied once its second one arrives.
+    The rows passed in stay as they are (a refused batch is halved as it came): a request's
+    first row is copied once its second one arrives.
     """
-    merged: dict[str, LogRecord] = {}
+    merged: dict[str, Row] = {}
     copied: set[str] = set()
-    for record in records:
-        request_id = record.request_id
-        known = merged.setdefault(request_id, record)
-        if known is record:
+    for row in rows:
+        request_id = row["request_id"]
+        known = merged.setdefault(request_id, row)
+        if known is row:
             continue
         if request_id not in copied:
-            known = merged[request_id] = dataclasses.replace(known)
+            known = merged[request_id] = dict(known)
             copied.add(request_id)
-        earliest = min(known.created_at, record.created_at)
-        for name in FIELDS:
-            if (value := getattr(record, name)) is not None:
-                setattr(known, name, value)
-        known.created_at = earliest
+        earliest = min(known["created_at"], row["created_at"])
+        known.update((name, value) for name, value in row.items() if value is not None)
+        known["created_at"] = earliest
     return [merged[key] for key in sorted(merged)]
 
 
@@ -173,28 +187,28 @@ def _upsert_batch():
 UPSERT_BATCH = _upsert_batch()
 
 
-def encode_batch(records: list[LogRecord]) -> str:
-    """The merged records as the JSON array ``UPSERT_BATCH`` unpacks (timestamps in ISO 8601)."""
-    rows = []
-    for record in records:
-        row = {name: getattr(record, name) for name in FIELDS}
-        row["created_at"] = record.created_at.isoformat()
-        rows.append(row)
-    # Cleaned text is valid UTF-8 without NUL: nothing json_to_recordset would refuse.
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+def _isoformat(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def upsert_clean(connection: Connection, records: list[LogRecord]) -> int:
-    """``write_records`` for records clean_record() made: merge and upsert, one statement."""
-    merged = merge_records(records)
+# Cleaned text is valid UTF-8 without NUL: nothing json_to_recordset would refuse, so the
+# batch can travel as UTF-8 rather than \u escapes.
+BATCH_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_isoformat)
+
+
+def upsert_rows(connection: Connection, rows: list[Row]) -> int:
+    """Merge the (clean) rows and upsert them, one statement; returns the request rows touched."""
+    merged = merge_rows(rows)
     if merged:
-        connection.execute(UPSERT_BATCH, {"batch": encode_batch(merged)})
+        connection.execute(UPSERT_BATCH, {"batch": BATCH_ENCODER.encode(merged)})
     return len(merged)
 
 
 def write_records(connection: Connection, records: list[LogRecord]) -> int:
     """Upsert the records and their responses rows; returns the number of request rows touched."""
-    return upsert_clean(connection, [clean_record(record) for record in records])
+    return upsert_rows(connection, [clean_values(record) for record in records])
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -216,38 +230,42 @@ class DatabaseSink:
         self._deadline = CallDeadline(engine, timeout)
 
     def write(self, records: list[LogRecord]) -> int:
-        """Clean, then write the records (from the spool: any content); see ``write_clean``."""
-        usable = []
+        """Clean, then write records of any origin (the spool); see ``write_rows``."""
+        rows = []
         for record in records:
             try:
-                usable.append(clean_record(record))
+                rows.append(clean_values(record))
             except ValueError as exc:  # no request_id: no row can ever hold it
                 self._on_reject(record, exc)
-        return self.write_clean(usable) if usable else 0
+        return self.write_rows(rows) if rows else 0
 
     def write_clean(self, records: list[LogRecord]) -> int:
-        """How many of the (cleaned) records reached PostgreSQL; the others were rejected for good.
+        """Write records clean_record() made (submit() did); see ``write_rows``."""
+        return self.write_rows([as_row(record) for record in records])
+
+    def write_rows(self, rows: list[Row]) -> int:
+        """How many of the rows reached PostgreSQL; the others were rejected for good.
 
         Raises when PostgreSQL could not be used at all: the caller keeps the records.
         """
         try:
             with self._deadline(), self.engine.begin() as connection:
-                rows = upsert_clean(connection, records)
+                merged = upsert_rows(connection, rows)
         except Exception as exc:
             if not is_data_error(exc):
                 raise
-            return self._isolate(records, exc)
-        self._metrics.rows_written(rows)
-        return len(records)
+            return self._isolate(rows, exc)
+        self._metrics.rows_written(merged)
+        return len(rows)
 
-    def _isolate(self, records: list[LogRecord], exc: BaseException) -> int:
-        """Find the refused record(s) by halving the batch: log2(n) rounds, not n statements.
+    def _isolate(self, rows: list[Row], exc: BaseException) -> int:
+        """Find the refused row(s) by halving the batch: log2(n) rounds, not n statements.
 
         The halves keep their order, so later values still win when a request's records are
         split between them: the upsert merges them like records of separate batches.
         """
-        if len(records) == 1:
-            self._on_reject(records[0], exc)
+        if len(rows) == 1:
+            self._on_reject(LogRecord(**rows[0]), exc)
             return 0
-        middle = len(records) // 2
-        return self.write_clean(records[:middle]) + self.write_clean(records[middle:])
+        middle = len(rows) // 2
+        return self.write_rows(rows[:middle]) + self.write_rows(rows[middle:])
