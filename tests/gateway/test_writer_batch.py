@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from litellm_pglog.db import make_engine
-from litellm_pglog.limits import REPLAY_BATCH_SIZE
+from litellm_pglog.limits import BACKLOG_BATCH_SIZE
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.records import LogRecord
 from litellm_pglog.sink import DatabaseSink, clean_values, merge_rows, write_records
@@ -199,7 +199,7 @@ def test_unusable_spool_lines_are_rejected_and_the_rest_replayed(make_writer, mi
 
 
 def test_a_backlog_bigger_than_a_replay_batch_lands_once(make_writer, migrated_url, spool_dir):
-    requests = REPLAY_BATCH_SIZE  # two records each, and one record ahead of them all: the
+    requests = BACKLOG_BATCH_SIZE  # two records each, and one record ahead of them all: the
     ids = [f"big-{n}" for n in range(requests)]  # two halves of a request straddle each batch end
     records = [http_half("big-lead")] + [record for i in ids for record in (http_half(i), usage_half(i))]
     write_spool_file(spool_dir, records)

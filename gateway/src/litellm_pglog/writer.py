@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from litellm_pglog.batching import BatchQueue, Queued
 from litellm_pglog.db import describe_db_error, make_engine, safe_url
 from litellm_pglog.durable import DurableStore
-from litellm_pglog.limits import FIRST_RETRY_SECONDS, REPLAY_BATCH_SIZE
+from litellm_pglog.limits import BACKLOG_BATCH_SIZE, FIRST_RETRY_SECONDS
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
@@ -49,13 +49,14 @@ class LogWriter:
             engine = make_engine(settings.db_url, timeout=timeout, statement_timeout=timeout)
         self._settings = settings
         self._metrics = WriterMetrics()
-        self._queue = BatchQueue(settings.queue_max, settings.batch_size, settings.flush_interval)
+        self._queue = BatchQueue(
+            settings.queue_max, settings.batch_size, settings.flush_interval, BACKLOG_BATCH_SIZE
+        )
         self._store = DurableStore(settings.spool_dir, settings.spool_max_bytes, self._metrics)
         self._sink = DatabaseSink(engine, self._metrics, self._store.reject, settings.db_timeout_seconds)
         self._outage = OutageState(settings.retry_max_seconds, safe_url(engine.url), settings.spool_dir)
         self._thread: threading.Thread | None = None
-        # A backlog goes in big batches: one statement per batch, so the bigger the cheaper.
-        self._replay_batch_size = max(settings.batch_size, REPLAY_BATCH_SIZE)
+        self._replay_batch_size = max(settings.batch_size, BACKLOG_BATCH_SIZE)
 
     # ---- API used by request handlers -------------------------------------------------------
 
