@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from litellm_pglog import fastjson
 from litellm_pglog.db import make_engine
 from litellm_pglog.limits import BACKLOG_BATCH_SIZE
 from litellm_pglog.metrics import WriterMetrics
@@ -227,3 +228,28 @@ def test_merge_rows_leaves_its_input_alone():
 
     assert (first, second) == before
     assert (merged["status_code"], merged["prompt_tokens"], merged["created_at"]) == (200, 5, earlier)
+
+
+# ---- the JSON of the bulk paths ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("library", ["orjson", "stdlib"])
+def test_batch_json_is_the_same_with_or_without_orjson(monkeypatch, library):
+    if library == "stdlib":
+        monkeypatch.setattr(fastjson, "orjson", None)
+    row = clean_values(LogRecord(request_id="j", model="модель 🚀", latency_ms=1.5, stream=True))
+    line = encode_line(LogRecord(request_id="j", model="\ud800", latency_ms=float("nan")))
+
+    assert json.loads(fastjson.dumps_rows([row])) == [row | {"created_at": row["created_at"].isoformat()}]
+    assert fastjson.loads(line)["model"] == "\ud800"  # a line the standard library wrote, NaN included
+
+
+def test_a_float_json_cannot_carry_is_stored_as_null(make_writer, migrated_url):
+    writer = make_writer()
+    writer.submit(LogRecord(request_id="nan", status_code=200, latency_ms=float("nan")))
+    writer.submit(LogRecord(request_id="inf", status_code=200, latency_ms=float("inf")))
+    assert writer.flush(30)
+
+    rows = stored(migrated_url)
+    assert (rows["nan"]["latency_ms"], rows["inf"]["latency_ms"]) == (None, None)
+    assert writer.stats()["written"] == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, String, Text, bindparam, cast, column
 from sqlalchemy.dialects.postgresql import JSON, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from litellm_pglog import fastjson
 from litellm_pglog.db import CallDeadline
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS, INT32_MAX
 from litellm_pglog.metrics import WriterMetrics
@@ -72,7 +73,8 @@ def _clean_int(value: object) -> int | None:
 def _clean_float(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None  # the batch is JSON: no NaN, no infinity
 
 
 def _clean_timestamp(value: object) -> datetime:
@@ -187,22 +189,12 @@ def _upsert_batch():
 UPSERT_BATCH = _upsert_batch()
 
 
-def _isoformat(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-# Cleaned text is valid UTF-8 without NUL: nothing json_to_recordset would refuse, so the
-# batch can travel as UTF-8 rather than \u escapes.
-BATCH_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_isoformat)
-
-
 def upsert_rows(connection: Connection, rows: list[Row]) -> int:
     """Merge the (clean) rows and upsert them, one statement; returns the request rows touched."""
     merged = merge_rows(rows)
     if merged:
-        connection.execute(UPSERT_BATCH, {"batch": BATCH_ENCODER.encode(merged)})
+        # Cleaned text is valid UTF-8 without NUL: nothing json_to_recordset would refuse.
+        connection.execute(UPSERT_BATCH, {"batch": fastjson.dumps_rows(merged)})
     return len(merged)
 
 

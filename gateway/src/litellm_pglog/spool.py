@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+from litellm_pglog import fastjson
 from litellm_pglog.limits import JOURNAL_ROTATE_BYTES, JOURNAL_ROTATE_SECONDS
 from litellm_pglog.records import LogRecord
 
@@ -59,7 +60,7 @@ def decode_line(line: bytes) -> LogRecord:
 
     Raises ValueError or TypeError for a line that holds no record.
     """
-    data = json.loads(line)
+    data = fastjson.loads(line)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     values = {name: value for name, value in data.items() if name in KNOWN_FIELDS}
