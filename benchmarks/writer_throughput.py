@@ -109,26 +109,17 @@ def halves(run: str, count: int, offset: int = 0, split: bool = False) -> Iterat
         yield usage_half(request_id)
 
 
+# What the middleware (HTTP exchange) and the LiteLLM callback (token usage) know of a request.
+HTTP_HALF = {"route": "/v1/chat/completions", "method": "POST", "status_code": 200, "api_key": "TEST_KEY"}
+USAGE_HALF = {"model": "gpt-4o-mini", "user_id": "poc-tester", "prompt_tokens": 12, "completion_tokens": 30}
+
+
 def http_half(request_id: str) -> LogRecord:
-    return LogRecord(
-        request_id=request_id,
-        route="/v1/chat/completions",
-        method="POST",
-        status_code=200,
-        api_key="TEST_KEY",
-        latency_ms=23.0,
-    )
+    return LogRecord(request_id=request_id, latency_ms=23.0, **HTTP_HALF)
 
 
 def usage_half(request_id: str) -> LogRecord:
-    return LogRecord(
-        request_id=request_id,
-        model="gpt-4o-mini",
-        user_id="poc-tester",
-        prompt_tokens=12,
-        completion_tokens=30,
-        total_tokens=42,
-    )
+    return LogRecord(request_id=request_id, total_tokens=42, **USAGE_HALF)
 
 
 def count_rows(url: str, run: str) -> int:

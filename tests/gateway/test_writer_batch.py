@@ -15,13 +15,12 @@ from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.records import LogRecord
 from litellm_pglog.sink import DatabaseSink, clean_values, merge_rows, write_records
 from litellm_pglog.spool import Spool, encode_line
-from sqlalchemy import CheckConstraint, MetaData, Table
-from sqlalchemy.schema import AddConstraint
 from test_writer import (
     assert_merged,
     down_url,
     http_half,
     make_writer,
+    refuse_status_999,
     spool_dir,
     spool_files,
     stored,
@@ -44,16 +43,6 @@ def sink(migrated_url: str):
     engine = make_engine(migrated_url)
     rejected = Rejected()
     yield DatabaseSink(engine, WriterMetrics(), rejected, timeout=30), rejected
-    engine.dispose()
-
-
-def refuse_status_999(url: str) -> None:
-    """A constraint only status 999 violates: PostgreSQL refuses such a record for good."""
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        requests = Table("requests", MetaData(), autoload_with=connection)
-        check = CheckConstraint(requests.c.status_code < 600, name="ck_requests_test_status")
-        connection.execute(AddConstraint(check))
     engine.dispose()
 
 
