@@ -28,8 +28,8 @@ T = TypeVar("T")
 def read_ahead(items: Iterator[T]) -> Iterator[T]:
     """``items``, each produced on a helper thread while the caller works on the previous one.
 
-    A replay reads and decodes the next batch (Python) while PostgreSQL takes the current one
-    (psycopg2 waits without the GIL). Closing this generator waits for the helper to finish its
+    A replay reads, decodes and cleans the next batch (Python) while PostgreSQL takes the current
+    one (psycopg2 waits without the GIL). Closing this generator waits for the helper to finish its
     item, so the caller may close the file behind ``items`` afterwards.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="litellm-pglog-read") as helper:
@@ -91,13 +91,21 @@ class DurableStore:
         self.spool.seal()
         return self.spool.claim_files()
 
-    def replay(self, claimed: ClaimedFile, batch_size: int, write: Callable[[list[LogRecord]], None]) -> None:
-        """Hand the file's records to ``write`` in batches, then delete it.
+    def replay(
+        self,
+        claimed: ClaimedFile,
+        batch_size: int,
+        prepare: Callable[[list[LogRecord]], T],
+        write: Callable[[T], None],
+    ) -> None:
+        """Hand the file's records to ``write`` in batches, each made by ``prepare``; then delete it.
 
-        Should ``write`` raise, the file is released for a later attempt and the error re-raised.
+        Reading and ``prepare`` run a batch ahead, on a helper thread (see ``read_ahead``). Should
+        ``write`` raise, the file is released for a later attempt and the error re-raised.
         """
+        prepared = map(prepare, claimed.batches(batch_size, self._on_bad_line))
         try:
-            with closing(read_ahead(claimed.batches(batch_size, self._on_bad_line))) as batches:
+            with closing(read_ahead(prepared)) as batches:
                 for batch in batches:
                     write(batch)
         except Exception:

@@ -223,13 +223,20 @@ class DatabaseSink:
 
     def write(self, records: list[LogRecord]) -> int:
         """Clean, then write records of any origin (the spool); see ``write_rows``."""
+        return self.write_rows(self.rows_of(records))
+
+    def rows_of(self, records: list[LogRecord]) -> list[Row]:
+        """The records cleaned into rows; one that is no record at all is rejected at once.
+
+        Thread-safe: a replay cleans the next batch on a helper thread (see durable.read_ahead).
+        """
         rows = []
         for record in records:
             try:
                 rows.append(clean_values(record))
             except ValueError as exc:  # no request_id: no row can ever hold it
                 self._on_reject(record, exc)
-        return self.write_rows(rows) if rows else 0
+        return rows
 
     def write_clean(self, records: list[LogRecord]) -> int:
         """Write records clean_record() made (submit() did); see ``write_rows``."""
@@ -240,6 +247,8 @@ class DatabaseSink:
 
         Raises when PostgreSQL could not be used at all: the caller keeps the records.
         """
+        if not rows:
+            return 0
         try:
             with self._deadline(), self.engine.begin() as connection:
                 merged = upsert_rows(connection, rows)

@@ -32,7 +32,7 @@ from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError
-from litellm_pglog.sink import DatabaseSink, clean_record
+from litellm_pglog.sink import DatabaseSink, Row, clean_record
 
 log = logging.getLogger("litellm_pglog")
 
@@ -155,15 +155,15 @@ class LogWriter:
         self._outage.replay_started()
         for claimed in self._store.claim_files():
             try:
-                self._store.replay(claimed, self._replay_batch_size, self._replay_batch)
+                self._store.replay(claimed, self._replay_batch_size, self._sink.rows_of, self._replay_rows)
             except Exception as exc:  # the file stays for the next attempt
                 self._mark_down(exc)
                 return
             self._outage.mark_up()
         self._store.spool.refresh_size()
 
-    def _replay_batch(self, records: list[LogRecord]) -> None:
-        self._metrics.count("replayed", self._sink.write(records))
+    def _replay_rows(self, rows: list[Row]) -> None:
+        self._metrics.count("replayed", self._sink.write_rows(rows))
 
     def _mark_down(self, exc: BaseException) -> None:
         self._metrics.count("db_errors")
