@@ -8,6 +8,8 @@ Phases, each with a spool directory of its own:
            (HTTP status, then token usage) next to each other, as in the gateway;
   split    the same, but every HTTP half first and every usage half after it: the halves of a
            request land in different batches, each row is written twice (the worst case);
+  drain    the writer thread alone: every record queued before it starts, then start() and
+           flush() (no submit() competing for the interpreter);
   replay   the same number of requests spooled while PostgreSQL is "down" (a port nobody
            listens on), then replayed by a new writer.
 
@@ -53,7 +55,7 @@ from litellm_pglog.writer import LogWriter  # noqa: E402
 from pgcpu import ClusterCpu, throwaway_cluster  # noqa: E402
 from sqlalchemy import func, make_url, select  # noqa: E402
 
-PHASES = ("insert", "split", "replay")
+PHASES = ("insert", "split", "drain", "replay")
 
 
 @dataclasses.dataclass
@@ -147,7 +149,7 @@ def phase_settings(settings: Settings, phase: str) -> Settings:
 
 
 def submit_phase(settings: Settings, run: str, requests: int) -> None:
-    records = list(halves(run, requests, offset=3 * requests))
+    records = list(halves(run, requests, offset=4 * requests))
     idle = {"flush_interval": 3600.0, "batch_size": len(records) + 1, "queue_max": len(records) + 1}
     settings = phase_settings(settings, "submit")
     writer = LogWriter(dataclasses.replace(down(settings), **idle))
@@ -184,6 +186,26 @@ def direct_phase(
     writer.stop(60)
     print(figures.line())
     print(f"{phase}: stats {writer.stats()}")
+    return figures
+
+
+def drain_phase(settings: Settings, run: str, requests: int, meter: Meter) -> Figures:
+    """The writer thread alone: every record queued before it starts, then start() and flush()."""
+    records = list(halves(run, requests, offset=3 * requests))
+    settings = dataclasses.replace(phase_settings(settings, "drain"), queue_max=len(records))
+    writer = LogWriter(settings)
+    for record in records:
+        writer.submit(record)
+
+    def work() -> None:
+        writer.start()
+        if not writer.flush(600):
+            print("drain: flush timed out")
+
+    figures = meter.measure("drain", requests, work)
+    writer.stop(60)
+    print(figures.line())
+    print(f"drain: stats {writer.stats()}")
     return figures
 
 
@@ -227,9 +249,10 @@ def run_phases(url: str, pg_data: Path | None, args: argparse.Namespace) -> dict
         results = {
             "insert": direct_phase(settings, run, args.requests, meter),
             "split": direct_phase(settings, run, args.requests, meter, split=True),
+            "drain": drain_phase(settings, run, args.requests, meter),
             "replay": replay_phase(settings, run, args.requests, meter),
         }
-    print(f"rows in requests for this run: {count_rows(url, run)} (expected {3 * args.requests})")
+    print(f"rows in requests for this run: {count_rows(url, run)} (expected {4 * args.requests})")
     return results
 
 
