@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, Text, bindparam, cast, column, func, select
-from sqlalchemy.dialects.postgresql import JSON, insert
+from sqlalchemy.dialects.postgresql import JSON, Insert, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.sql.selectable import CTE
 
 from litellm_pglog import fastjson
 from litellm_pglog.db import CallDeadline
@@ -154,17 +155,18 @@ def merge_rows(rows: list[Row]) -> list[Row]:
 # responses upsert needs, in the same statement. Compared with a row-by-row executemany this
 # saves a round trip, a parse and a plan per row; compared with COPY into a staging table it
 # needs no extra database object, no raw DBAPI cursor and keeps SQLAlchemy's error handling
-# (disconnects, DataError vs OperationalError) intact.
+# (disconnects, DataError vs OperationalError) intact. json_to_recordset yields the array in
+# order, so rows are locked in the sorted order merge_rows() gives them.
 
 
-def _batch_rows():
+def _batch_rows() -> CTE:
     columns = [column(name, REQUESTS.c[name].type) for name in REQUEST_FIELDS]
     columns += [column(name, RESPONSES.c[name].type) for name in RESPONSE_FIELDS]
     records = func.json_to_recordset(cast(bindparam("batch", type_=Text), JSON)).table_valued(*columns)
     return select(records.render_derived(name="record", with_types=True)).cte("batch")
 
 
-def _upsert_requests(batch):
+def _upsert_requests(batch: CTE) -> CTE:
     statement = insert(REQUESTS).from_select(REQUEST_FIELDS, select(*(batch.c[n] for n in REQUEST_FIELDS)))
     merged = {
         name: func.coalesce(statement.excluded[name], REQUESTS.c[name])
@@ -176,7 +178,7 @@ def _upsert_requests(batch):
     return upsert.returning(REQUESTS.c.id, REQUESTS.c.request_id).cte("upserted")
 
 
-def _upsert_batch():
+def _upsert_batch() -> Insert:
     batch = _batch_rows()
     upserted = _upsert_requests(batch)
     rows = select(upserted.c.id, batch.c.created_at, *(batch.c[name] for name in RESPONSE_FIELDS))
