@@ -542,13 +542,18 @@ def test_hostile_values_are_stored_safely(make_writer, migrated_url):
     assert writer.stats()["written"] == 2
 
 
-def test_refused_record_is_isolated_and_kept(make_writer, migrated_url, spool_dir, caplog):
-    engine = make_engine(migrated_url)
+def refuse_status_999(url: str) -> None:
+    """A constraint only status 999 violates: PostgreSQL refuses such a record for good."""
+    engine = make_engine(url)
     with engine.begin() as connection:
         requests = Table("requests", MetaData(), autoload_with=connection)
         check = CheckConstraint(requests.c.status_code < 600, name="ck_requests_test_status")
         connection.execute(AddConstraint(check))
     engine.dispose()
+
+
+def test_refused_record_is_isolated_and_kept(make_writer, migrated_url, spool_dir, caplog):
+    refuse_status_999(migrated_url)
     writer = make_writer()
 
     for n in range(10):

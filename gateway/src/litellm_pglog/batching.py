@@ -26,11 +26,17 @@ class BatchQueue:
     Every record put is eventually settled by the writer thread (written, spooled, rejected or
     dropped). Records settle in queue order, so one number, the highest settled sequence,
     tells a flush whether everything queued before it is done.
+
+    A queue at least half full is a backlog: it is drained in batches of up to
+    ``backlog_batch_size`` (one statement each) before it overflows into the spool.
     """
 
-    def __init__(self, max_size: int, batch_size: int, flush_interval: float) -> None:
+    def __init__(
+        self, max_size: int, batch_size: int, flush_interval: float, backlog_batch_size: int = 0
+    ) -> None:
         self._max_size = max_size
         self._batch_size = batch_size
+        self._backlog_batch_size = max(batch_size, backlog_batch_size)
         self._flush_interval = flush_interval
         self._queue: deque[Queued] = deque()
         self._cond = threading.Condition()
@@ -60,7 +66,8 @@ class BatchQueue:
             return True
 
     def next_batch(self) -> list[Queued]:
-        """Up to batch_size records, once a batch is full, a flush waits or the interval passed.
+        """Up to batch_size records (more from a backlog), once a batch is full, a flush waits or
+        the interval passed.
 
         The batch stays in flight (see ``drain()``) until ``settle()``.
         """
@@ -68,7 +75,8 @@ class BatchQueue:
             filling = len(self._queue) < self._batch_size and not self._flush_waiters
             if not self._closed and (not self._queue or filling):
                 self._cond.wait(self._flush_interval)
-            size = min(self._batch_size, len(self._queue))
+            backlog = len(self._queue) * 2 >= self._max_size
+            size = min(self._backlog_batch_size if backlog else self._batch_size, len(self._queue))
             self._inflight = [self._queue.popleft() for _ in range(size)]
             return self._inflight
 

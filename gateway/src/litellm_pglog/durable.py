@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
+from typing import TypeVar
 
 from litellm_pglog.db import describe_db_error
 from litellm_pglog.metrics import WriterMetrics
@@ -18,6 +21,22 @@ from litellm_pglog.records import LogRecord
 from litellm_pglog.spool import ClaimedFile, Journal, JournalFile, Spool, encode_line
 
 log = logging.getLogger("litellm_pglog")
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each produced on a helper thread while the caller works on the previous one.
+
+    A replay reads, decodes and cleans the next batch (Python) while PostgreSQL takes the current
+    one (psycopg2 waits without the GIL). Closing this generator waits for the helper to finish its
+    item, so the caller may close the file behind ``items`` afterwards.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="litellm-pglog-read") as helper:
+        pending = helper.submit(next, items, None)
+        while (item := pending.result()) is not None:
+            pending = helper.submit(next, items, None)
+            yield item
 
 
 class DurableStore:
@@ -72,14 +91,23 @@ class DurableStore:
         self.spool.seal()
         return self.spool.claim_files()
 
-    def replay(self, claimed: ClaimedFile, batch_size: int, write: Callable[[list[LogRecord]], None]) -> None:
-        """Hand the file's records to ``write`` in batches, then delete it.
+    def replay(
+        self,
+        claimed: ClaimedFile,
+        batch_size: int,
+        prepare: Callable[[list[LogRecord]], T],
+        write: Callable[[T], None],
+    ) -> None:
+        """Hand the file's records to ``write`` in batches, each made by ``prepare``; then delete it.
 
-        Should ``write`` raise, the file is released for a later attempt and the error re-raised.
+        Reading and ``prepare`` run a batch ahead, on a helper thread (see ``read_ahead``). Should
+        ``write`` raise, the file is released for a later attempt and the error re-raised.
         """
+        prepared = map(prepare, claimed.batches(batch_size, self._on_bad_line))
         try:
-            for batch in claimed.batches(batch_size, self._on_bad_line):
-                write(batch)
+            with closing(read_ahead(prepared)) as batches:
+                for batch in batches:
+                    write(batch)
         except Exception:
             claimed.release()
             raise

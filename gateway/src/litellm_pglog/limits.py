@@ -37,6 +37,10 @@ SPOOL_SCAN_SECONDS = 30.0
 # A journal is retired at this size or age; it is deleted once all its records are settled.
 JOURNAL_ROTATE_BYTES = 4 * 1024 * 1024
 JOURNAL_ROTATE_SECONDS = 2.0
+# Records per batch when draining a backlog: a spool replay, or an in-memory queue at least half
+# full (Settings.batch_size if larger). One statement per batch, so the bigger the cheaper; a few
+# thousand rows take tens of milliseconds, far below the database call deadline.
+BACKLOG_BATCH_SIZE = 5000
 
 # ---- the database connection --------------------------------------------------------------
 # Default of Settings.db_timeout_seconds (LITELLM_PGLOG_DB_TIMEOUT_SECONDS): the bound on

@@ -22,8 +22,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 
+from litellm_pglog import fastjson
 from litellm_pglog.limits import JOURNAL_ROTATE_BYTES, JOURNAL_ROTATE_SECONDS
 from litellm_pglog.records import LogRecord
 
@@ -38,6 +40,11 @@ REJECTED_PREFIX = "rejected-"
 
 
 RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(LogRecord))
+KNOWN_FIELDS = frozenset(RECORD_FIELDS)
+# One encoder for every line: json.dumps() with any option builds a new one per call.
+# ensure_ascii (its default) keeps every line pure ASCII, whatever the record holds (lone
+# surrogates included).
+LINE_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode_line(record: LogRecord) -> bytes:
@@ -45,8 +52,21 @@ def encode_line(record: LogRecord) -> bytes:
     data = {name: getattr(record, name) for name in RECORD_FIELDS}
     if record.created_at is not None:
         data["created_at"] = record.created_at.isoformat()
-    # ensure_ascii keeps every line pure ASCII, whatever the record holds (lone surrogates included).
-    return json.dumps(data, separators=(",", ":")).encode("ascii") + b"\n"
+    return LINE_ENCODER.encode(data).encode("ascii") + b"\n"
+
+
+def decode_line(line: bytes) -> LogRecord:
+    """``LogRecord.from_json_dict(json.loads(line))``, faster: a replay decodes every line.
+
+    Raises ValueError or TypeError for a line that holds no record.
+    """
+    data = fastjson.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    values = {name: value for name, value in data.items() if name in KNOWN_FIELDS}
+    if created_at := values.get("created_at"):
+        values["created_at"] = datetime.fromisoformat(created_at)
+    return LogRecord(**values)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -90,7 +110,7 @@ class ClaimedFile:
         with open(self._fd, "rb", closefd=False) as stream:
             for number, line in enumerate(stream, start=1):
                 try:
-                    batch.append(LogRecord.from_json_dict(json.loads(line)))
+                    batch.append(decode_line(line))
                 except (ValueError, TypeError) as exc:
                     # Only a crash in the middle of a write leaves such a line (the torn tail).
                     on_bad_line(number, type(exc).__name__)

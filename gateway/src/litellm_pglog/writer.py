@@ -9,7 +9,8 @@ are replayed once it answers again, or by the next process that starts.
 ``LogWriter`` only wires the parts together and runs the thread:
 
 - ``batching.BatchQueue``: the queue, batch assembly and the flush watermark;
-- ``sink.DatabaseSink``: cleaning, merging and upserting records, per-record retry;
+- ``sink.DatabaseSink``: cleaning, merging and upserting records (one statement per batch),
+  isolating a refused record;
 - ``durable.DurableStore``: the journal, the spool, rejected records and loud drops;
 - ``outage.OutageState``: down/up, retry backoff and when to replay the spool;
 - ``metrics.WriterMetrics``: the counts behind ``stats()`` and the Prometheus series.
@@ -29,12 +30,12 @@ from sqlalchemy import Engine
 from litellm_pglog.batching import BatchQueue, Queued
 from litellm_pglog.db import describe_db_error, make_engine, safe_url
 from litellm_pglog.durable import DurableStore
-from litellm_pglog.limits import FIRST_RETRY_SECONDS
+from litellm_pglog.limits import BACKLOG_BATCH_SIZE, FIRST_RETRY_SECONDS
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError
-from litellm_pglog.sink import DatabaseSink, clean_record
+from litellm_pglog.sink import DatabaseSink, Row, clean_record
 from litellm_pglog.spool import SPOOL_GLOB
 
 log = logging.getLogger("litellm_pglog")
@@ -64,11 +65,14 @@ class LogWriter:
             engine = make_engine(settings.db_url, timeout=timeout, statement_timeout=timeout)
         self._settings = settings
         self._metrics = WriterMetrics()
-        self._queue = BatchQueue(settings.queue_max, settings.batch_size, settings.flush_interval)
+        self._queue = BatchQueue(
+            settings.queue_max, settings.batch_size, settings.flush_interval, BACKLOG_BATCH_SIZE
+        )
         self._store = DurableStore(settings.spool_dir, settings.spool_max_bytes, self._metrics)
         self._sink = DatabaseSink(engine, self._metrics, self._store.reject, settings.db_timeout_seconds)
         self._outage = OutageState(settings.retry_max_seconds, safe_url(engine.url), settings.spool_dir)
         self._thread: threading.Thread | None = None
+        self._replay_batch_size = max(settings.batch_size, BACKLOG_BATCH_SIZE)
 
     # ---- API used by request handlers -------------------------------------------------------
 
@@ -168,7 +172,7 @@ class LogWriter:
             self._store.spool_records(records, sync=True)
             return
         try:
-            written = self._sink.write(records)
+            written = self._sink.write_clean(records)  # submit() cleaned them
         except Exception as exc:  # every failure keeps the records
             self._mark_down(exc)
             self._store.spool_records(records, sync=True)
@@ -180,15 +184,15 @@ class LogWriter:
         self._outage.replay_started()
         for claimed in self._store.claim_files():
             try:
-                self._store.replay(claimed, self._settings.batch_size, self._replay_batch)
+                self._store.replay(claimed, self._replay_batch_size, self._sink.rows_of, self._replay_rows)
             except Exception as exc:  # the file stays for the next attempt
                 self._mark_down(exc)
                 return
             self._outage.mark_up()
         self._store.spool.refresh_size()
 
-    def _replay_batch(self, records: list[LogRecord]) -> None:
-        self._metrics.count("replayed", self._sink.write(records))
+    def _replay_rows(self, rows: list[Row]) -> None:
+        self._metrics.count("replayed", self._sink.write_rows(rows))
 
     def _mark_down(self, exc: BaseException) -> None:
         self._metrics.count("db_errors")
