@@ -13,7 +13,7 @@ Drills (all by default, or --only NAME ...):
               answer 200, rows spooled, one "PostgreSQL unavailable" and one "reachable again"
               journal line, nothing dropped, 0 lost / 0 duplicated, latency bound during the outage
   pg-restart  PostgreSQL restarted during load; the gateway reconnects by itself, same checks
-  sigkill     PostgreSQL stopped, the gateway SIGKILLed with requests in flight; systemd restarts
+  sigkill     PostgreSQL stopped, every gateway process SIGKILLed with requests in flight; systemd restarts
               it (Restart=on-failure; time to healthy), PostgreSQL started. Expected: the requests
               in flight at the kill and those sent until the restart get no HTTP answer
               (connection reset/refused, never accounted); every HTTP answer is 200; every
@@ -332,7 +332,10 @@ def sigkill(args: argparse.Namespace) -> Outcome:
         before = lab.service_show("MainPID", "NRestarts")
         found["pid before"], found["NRestarts before"] = before["MainPID"], int(before["NRestarts"])
         found["spooled before kill"] = lab.metric("pglog_records_spooled_total")
-        lab.docker_exec(lab.GATEWAY_HOST, ["kill", "-KILL", before["MainPID"]])
+        # Every process of the unit at once (the uvicorn supervisor and each worker): with one
+        # worker per vCPU, a SIGKILL of the supervisor alone lets systemd stop the workers
+        # gracefully, and nothing would be in flight when they die.
+        lab.docker_exec(lab.GATEWAY_HOST, ["systemctl", "kill", "--signal=SIGKILL", lab.SERVICE])
         found["killed at"] = time.time()
         found["spooled at kill"] = lab.spooled_request_ids()
 
