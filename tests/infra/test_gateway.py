@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 
 import pytest
 from conftest import (
     GATEWAY_ADDRESS,
     UPSTREAM_HOST,
     docker_exec,
+    logged_rows,
     secrets_in,
     sql_as_postgres,
 )
@@ -51,25 +51,6 @@ def chat(key: str, model: str = MODEL) -> dict[str, object]:
     result = docker_exec(UPSTREAM_HOST, ["python3", "-c", _CLIENT, url, model], stdin=key + "\n")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def logged(call_ids: list[str], timeout: float = 15.0) -> dict[str, tuple[int, int]]:
-    """request_id -> (status_code, response rows), polling while the writer batches."""
-    quoted = ", ".join(f"'{call_id}'" for call_id in call_ids if re.fullmatch(r"[0-9a-zA-Z-]+", call_id))
-    sql = (
-        "SELECT req.request_id, req.status_code, count(r.id) FROM requests req "
-        "LEFT JOIN responses r ON r.request_id_fk = req.id "
-        f"WHERE req.request_id IN ({quoted}) GROUP BY req.request_id, req.status_code"
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {}
-        for line in filter(None, sql_as_postgres(sql).splitlines()):
-            request_id, status, responses = line.split("|")
-            rows[request_id] = (int(status), int(responses))
-        if len(rows) == len(call_ids) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -236,17 +217,17 @@ def test_invalid_model_gets_400(smoke_requests):
 def test_every_request_is_logged_with_the_status_the_client_received(smoke_requests):
     call_ids = {name: str(answer["call_id"]) for name, answer in smoke_requests.items()}
     assert all(answer["call_id"] for answer in smoke_requests.values()), "a response lacks x-litellm-call-id"
-    rows = logged(list(call_ids.values()))
+    rows = logged_rows(list(call_ids.values()))
     for name, call_id in call_ids.items():
         assert call_id in rows, f"{name}: not in requests"
-        status, responses = rows[call_id]
-        assert status == smoke_requests[name]["status"], name
-        assert responses == 1, f"{name}: {responses} rows in responses"
+        assert rows[call_id]["status"] == smoke_requests[name]["status"], name
+        assert rows[call_id]["responses"] == 1, f"{name}: {rows[call_id]['responses']} rows in responses"
+        assert rows[call_id]["copies"] == 1, name
 
 
 def test_logged_keys_are_aliases_not_keys(smoke_requests, secrets):
     call_id = smoke_requests["TEST_KEY"]["call_id"]
-    logged([str(call_id)])
+    assert call_id in logged_rows([str(call_id)])
     row = sql_as_postgres(f"SELECT api_key, user_id FROM requests WHERE request_id = '{call_id}'")
     assert row == "TEST_KEY|poc-tester"
     dump = sql_as_postgres("SELECT string_agg(coalesce(api_key, ''), ' ') FROM requests")
