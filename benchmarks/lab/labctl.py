@@ -305,6 +305,13 @@ def service_show(*properties: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
+def gateway_workers() -> int:
+    """The deployed worker count (uvicorn --workers in the unit's ExecStart)."""
+    exec_start = docker_exec(GATEWAY_HOST, ["systemctl", "show", "-p", "ExecStart", "--value", SERVICE])
+    match = re.search(r"--workers (\d+)", exec_start)
+    return int(match.group(1)) if match else 1
+
+
 def wait_healthy(timeout: float = HEALTH_TIMEOUT_SECONDS) -> float:
     """Seconds until the gateway answers /health/liveliness from this machine."""
     started = time.monotonic()

@@ -238,7 +238,8 @@ def summarize(args: argparse.Namespace, runs: dict[str, list[tuple[AbRun, Probe]
         [
             "# Lab load test: runbook Part 5 at scale, logging ON vs OFF",
             f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {lab.machine_description()}; "
-            f"gateway {lab.GATEWAY_URL} (1 uvicorn worker), model {lab.MODEL} on the lab stub; "
+            f"gateway {lab.GATEWAY_URL} ({lab.gateway_workers()} uvicorn workers), "
+            f"model {lab.MODEL} on the lab stub; "
             f"{args.rounds} round(s) of ON then OFF, each on a freshly restarted gateway after "
             f"{WARMUP_REQUESTS} warm-up requests.",
             f"Per mode and round: `ab -n {args.requests} -c {args.concurrency} -T application/json"
