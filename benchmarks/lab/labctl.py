@@ -55,6 +55,7 @@ DROPIN_CONF = f"{DROPIN_DIR}/zz-load.conf"
 # the drop-in adds its own file after the deployed litellm.env.
 DROPIN_ENV = f"{DROPIN_DIR}/zz-load.env"
 HEALTH_TIMEOUT_SECONDS = 180
+MAX_WORKERS = 64  # a --workers override beyond this is a typo, not a lab machine
 
 
 class LabError(RuntimeError):
@@ -306,10 +307,34 @@ def service_show(*properties: str) -> dict[str, str]:
 
 
 def gateway_workers() -> int:
-    """The deployed worker count (uvicorn --workers in the unit's ExecStart)."""
+    """The worker count in effect (uvicorn --workers in the unit's ExecStart, drop-ins included)."""
     exec_start = docker_exec(GATEWAY_HOST, ["systemctl", "show", "-p", "ExecStart", "--value", SERVICE])
     match = re.search(r"--workers (\d+)", exec_start)
     return int(match.group(1)) if match else 1
+
+
+def deployed_exec_start() -> str:
+    """The ExecStart= command line of the deployed unit file (not of any drop-in)."""
+    fragment = docker_exec(GATEWAY_HOST, ["systemctl", "show", "-p", "FragmentPath", "--value", SERVICE])
+    unit = docker_exec(GATEWAY_HOST, ["cat", fragment.strip()])
+    lines = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    if len(lines) != 1:
+        raise LabError(f"{fragment.strip()}: expected one ExecStart= line, found {len(lines)}")
+    return lines[0]
+
+
+def with_workers(exec_start: str, workers: int) -> str:
+    """The same command line with only its ``--workers N`` value replaced (exactly one allowed)."""
+    if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"refusing worker count {workers!r}")
+    if "\n" in exec_start or len(re.findall(r"(?<!\S)--workers \d+(?!\S)", exec_start)) != 1:
+        raise ValueError(f"refusing ExecStart without exactly one --workers N: {exec_start!r}")
+    return re.sub(r"(?<!\S)--workers \d+(?!\S)", f"--workers {workers}", exec_start)
+
+
+def gateway_vcpus() -> int:
+    """The gateway host's vCPUs as its own ``nproc`` sees them."""
+    return int(docker_exec(GATEWAY_HOST, ["nproc"]).strip())
 
 
 def wait_healthy(timeout: float = HEALTH_TIMEOUT_SECONDS) -> float:
@@ -331,19 +356,31 @@ def restart_gateway() -> float:
     return wait_healthy()
 
 
-def apply_gateway_env(overrides: dict[str, str]) -> float:
-    """Restart the gateway with extra environment from a drop-in; returns seconds to healthy."""
+def dropin_conf(workers_exec_start: str | None = None) -> str:
+    """The drop-in: the extra environment file and, optionally, a replaced ExecStart."""
+    conf = f"# Temporary (benchmarks/lab); removed by restore().\n[Service]\nEnvironmentFile={DROPIN_ENV}\n"
+    if workers_exec_start is not None:
+        conf += f"ExecStart=\nExecStart={workers_exec_start}\n"  # the empty one resets the unit's
+    return conf
+
+
+def apply_gateway_env(overrides: dict[str, str], workers: int | None = None) -> float:
+    """Restart the gateway with extra environment (and optionally another uvicorn --workers count)
+    from a drop-in; returns seconds to healthy."""
     for name, value in overrides.items():
         if not re.fullmatch(r"LITELLM_PGLOG_[A-Z_]+", name) or not re.fullmatch(r"[\w.\-]+", value):
             raise ValueError(f"refusing drop-in setting {name}={value!r}")
     env = "".join(f"{name}={value}\n" for name, value in overrides.items())
-    conf = f"# Temporary (benchmarks/lab); removed by restore().\n[Service]\nEnvironmentFile={DROPIN_ENV}\n"
+    conf = dropin_conf(None if workers is None else with_workers(deployed_exec_start(), workers))
     script = (
         f"set -e; umask 022; mkdir -p {DROPIN_DIR}; "
         f"printf '%s' \"$1\" > {DROPIN_ENV}; printf '%s' \"$2\" > {DROPIN_CONF}"
     )
     docker_exec(GATEWAY_HOST, ["sh", "-c", script, "sh", env, conf])
-    return restart_gateway()
+    seconds = restart_gateway()
+    if workers is not None and gateway_workers() != workers:
+        raise LabError(f"the drop-in did not set --workers {workers}")
+    return seconds
 
 
 def restore() -> bool:
@@ -361,9 +398,9 @@ def restore() -> bool:
 
 
 @contextmanager
-def gateway_env(overrides: dict[str, str]) -> Iterator[float]:
+def gateway_env(overrides: dict[str, str], workers: int | None = None) -> Iterator[float]:
     try:
-        yield apply_gateway_env(overrides)
+        yield apply_gateway_env(overrides, workers)
     finally:
         restore()
 

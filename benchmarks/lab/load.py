@@ -1,16 +1,29 @@
 #!/usr/bin/env python3
 """Runbook Part 5 at scale against the deployed lab gateway, database logging ON and OFF.
 
-For each mode (ON = as deployed; OFF = LITELLM_PGLOG_ENABLED=false through a systemd drop-in) the
-gateway is restarted, warmed up, then measured twice:
+For each worker count (default ``--workers-list 1,vcpus``: one uvicorn worker, and one per vCPU
+of the gateway host as its ``nproc`` says; the duplicate is skipped when that is 1) and each of
+``--rounds`` rounds (default 5), the gateway is restarted in each mode (ON = logging as deployed,
+OFF = LITELLM_PGLOG_ENABLED=false), both through a systemd drop-in that also sets the worker
+count (the deployed unit's ExecStart with only its --workers value replaced). ON/OFF order
+alternates per round (ON first in odd rounds) so that drift cancels. Each mode is warmed up,
+then measured twice:
 
-1. the runbook's ``ab`` command at scale (default 10,000 requests, concurrency 50, no keep-alive):
-   requests/s, p50/p95/p99, errors, and the rows that reached ``requests`` in the run's time window;
+1. the runbook's ``ab`` command at scale (default 4,000 requests, concurrency 50, no keep-alive):
+   requests/s, p50/p95/p99, errors, the CPU time of the gateway and PostgreSQL cgroups, and the
+   rows that reached ``requests`` in the run's time window (ON: expected = requests, 0 lost/dup);
 2. a sequential latency probe (concurrency 1, keep-alive, sub-millisecond clock): the per-request
    cost of logging, which the queueing delay at concurrency 50 (p50 ~ 50 / throughput) hides.
 
-Prints the ON/OFF throughput ratio and the added p50 of both, writes results/load-<time>.md,
-.json and a latency PNG. Figures only; nothing is asserted. Run it through scripts/lab-load.
+Per worker count: the ON/OFF throughput ratio (per round: ON req/s / OFF req/s of that round)
+min/median/max, the added p50 at concurrency 1, gateway CPU ms/request ON and OFF (medians) and
+the added CPU, PostgreSQL CPU ms/request ON (median). Writes results/load-<time>.md, .json and a
+latency PNG. Figures only; nothing is asserted. Run it through scripts/lab-load.
+
+Duration, estimated (not timed) on the 2-vCPU lab with the defaults: per mode and round a restart
+(10-20 s), warm-up and gaps (~6 s), ab (4,000 requests: ~32 s at 1 worker, ~20 s at 2) and the
+probe (1,000 sequential requests, ~10-15 s): ~60 s, x 2 modes x 5 rounds x 2 worker counts
+= about 20 minutes, plus up to a few minutes waiting for rows at the end.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import argparse
 import asyncio
 import json
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -123,11 +137,11 @@ def probe(total: int) -> Probe:
     )
 
 
-def measure(mode: str, args: argparse.Namespace, workdir: Path) -> tuple[AbRun, Probe]:
-    print(f"\n== logging {mode}: warm-up {WARMUP_REQUESTS} requests", flush=True)
+def measure(label: str, args: argparse.Namespace, workdir: Path) -> tuple[AbRun, Probe]:
+    print(f"== {label}: warm-up {WARMUP_REQUESTS} requests", flush=True)
     asyncio.run(drive(10, WARMUP_REQUESTS))
     time.sleep(WINDOW_GAP_SECONDS)  # keeps warm-up rows out of the ab run's time window
-    print(f"== logging {mode}: ab -n {args.requests} -c {args.concurrency}", flush=True)
+    print(f"== {label}: ab -n {args.requests} -c {args.concurrency}", flush=True)
     cpu_before = lab.cpu_seconds()
     ab = run_ab(args.requests, args.concurrency, workdir)
     cpu_after = lab.cpu_seconds()
@@ -139,179 +153,274 @@ def measure(mode: str, args: argparse.Namespace, workdir: Path) -> tuple[AbRun, 
         flush=True,
     )
     time.sleep(WINDOW_GAP_SECONDS)
-    print(f"== logging {mode}: latency probe, {args.probe_requests} sequential requests", flush=True)
+    print(f"== {label}: latency probe, {args.probe_requests} sequential requests", flush=True)
     latency = probe(args.probe_requests)
     print(f"   p50 {latency.p50:.2f} ms, p95 {latency.p95:.2f} ms, errors {latency.errors}", flush=True)
     return ab, latency
 
 
-def switch_to(mode: str) -> None:
-    """A fresh gateway process in the wanted mode (ON = as deployed)."""
-    if mode == "OFF":
-        lab.apply_gateway_env({"LITELLM_PGLOG_ENABLED": "false"})
-    elif not lab.restore():
-        lab.restart_gateway()
+@dataclass
+class Measured:
+    """One mode of one round at one worker count."""
+
+    workers: int
+    round: int
+    mode: str
+    ab: AbRun
+    probe: Probe
+
+    def cpu_ms(self, name: str) -> float:
+        """CPU ms per completed ab request of one service (gateway, postgres, stub)."""
+        return 1000 * self.ab.cpu_seconds[name] / self.ab.complete if self.ab.complete else float("nan")
+
+    @property
+    def lost(self) -> int:
+        return self.ab.complete - self.ab.rows.get("distinct", 0) if self.mode == "ON" else 0
+
+    @property
+    def duplicated(self) -> int:
+        return self.ab.rows.get("rows", 0) - self.ab.rows.get("distinct", 0)
+
+    def record(self) -> dict:
+        """JSON form, without the raw latencies."""
+
+        def strip(obj: object) -> dict:
+            return {k: v for k, v in asdict(obj).items() if k != "latencies_ms"}
+
+        return {"workers": self.workers, "round": self.round, "mode": self.mode,
+                "ab": strip(self.ab), "probe": strip(self.probe),
+                "lost": self.lost, "duplicated": self.duplicated}  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> dict[str, list[tuple[AbRun, Probe]]]:
-    runs: dict[str, list[tuple[AbRun, Probe]]] = {"ON": [], "OFF": []}
+def worker_counts(spec: str, vcpus: int) -> list[int]:
+    """``--workers-list`` ("1,vcpus") as distinct counts in order; "vcpus" is the gateway's nproc."""
+    counts: list[int] = []
+    for item in spec.split(","):
+        count = vcpus if item.strip() == "vcpus" else int(item)
+        if not 1 <= count <= lab.MAX_WORKERS:
+            raise ValueError(f"worker count out of range: {item!r}")
+        if count not in counts:
+            counts.append(count)
+    return counts
+
+
+def mode_order(round_number: int) -> tuple[str, str]:
+    """ON first in odd rounds, OFF first in even ones: drift cancels over the rounds."""
+    return ("ON", "OFF") if round_number % 2 else ("OFF", "ON")
+
+
+def switch_to(mode: str, workers: int) -> None:
+    """A fresh gateway process in the wanted mode (ON = logging as deployed) and worker count."""
+    lab.apply_gateway_env({"LITELLM_PGLOG_ENABLED": "false"} if mode == "OFF" else {}, workers)
+
+
+def run(args: argparse.Namespace) -> list[Measured]:
+    measured: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="lab-load-") as tmp:
         try:
-            for round_number in range(1, args.rounds + 1):
-                for mode in runs:
-                    print(f"\n=== round {round_number}/{args.rounds}, logging {mode}", flush=True)
-                    switch_to(mode)
-                    runs[mode].append(measure(mode, args, Path(tmp)))
+            for workers in args.worker_counts:
+                for number in range(1, args.rounds + 1):
+                    for mode in mode_order(number):
+                        label = f"workers {workers}, round {number}/{args.rounds}, logging {mode}"
+                        print(f"\n=== {label}", flush=True)
+                        switch_to(mode, workers)
+                        measured.append(Measured(workers, number, mode, *measure(label, args, Path(tmp))))
         finally:
             lab.restore()
+    count_rows(measured)
+    return measured
+
+
+def count_rows(measured: list[Measured]) -> None:
     print("\n== counting rows logged in each ab run's time window (waiting for the writer)", flush=True)
-    for mode, measured in runs.items():
-        for ab, _ in measured:
-            expected = ab.complete if mode == "ON" else 0
-            ab.rows = lab.wait_for_window_rows(ab.started, ab.ended, expected, timeout=90 if expected else 5)
-    return runs
-
-
-@dataclass
-class ModeSummary:
-    """All rounds of one mode pooled."""
-
-    requests: int
-    errors: int
-    rate: float
-    p50: float
-    p95: float
-    p99: float
-    rows: int
-    distinct: int
-    probe_p50: float
-    probe_p95: float
-    cpu_ms_per_request: dict[str, float]
-
-    @classmethod
-    def of(cls, measured: list[tuple[AbRun, Probe]]) -> ModeSummary:
-        runs = [ab for ab, _ in measured]
-        latencies = [value for ab in runs for value in ab.latencies_ms]
-        probe_latencies = [value for _, p in measured for value in p.latencies_ms]
-        complete = sum(ab.complete for ab in runs)
-        return cls(
-            requests=complete,
-            errors=sum(ab.errors for ab in runs),
-            rate=complete / sum(ab.seconds for ab in runs),
-            p50=lab.percentile(latencies, 0.50),
-            p95=lab.percentile(latencies, 0.95),
-            p99=lab.percentile(latencies, 0.99),
-            rows=sum(ab.rows["rows"] for ab in runs),
-            distinct=sum(ab.rows["distinct"] for ab in runs),
-            probe_p50=lab.percentile(probe_latencies, 0.50),
-            probe_p95=lab.percentile(probe_latencies, 0.95),
-            cpu_ms_per_request={
-                name: 1000 * sum(ab.cpu_seconds[name] for ab in runs) / complete
-                for name in runs[0].cpu_seconds
-            },
+    for m in measured:
+        expected = m.ab.complete if m.mode == "ON" else 0
+        m.ab.rows = lab.wait_for_window_rows(
+            m.ab.started, m.ab.ended, expected, timeout=90 if expected else 5
         )
 
 
-def summarize(args: argparse.Namespace, runs: dict[str, list[tuple[AbRun, Probe]]]) -> tuple[str, dict]:
-    modes = {mode: ModeSummary.of(measured) for mode, measured in runs.items()}
-    on, off = modes["ON"], modes["OFF"]
-    ratio = on.rate / off.rate
-    added_ab = on.p50 - off.p50
-    added_probe = on.probe_p50 - off.probe_p50
-    header = [
-        "logging", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "rows logged",
-        "distinct ids", "c=1 p50 ms", "c=1 p95 ms", "CPU ms/req gateway", "CPU ms/req PostgreSQL",
-    ]  # fmt: skip
-    rows = [
-        [mode, m.requests, f"{m.rate:.1f}", f"{m.p50:.0f}", f"{m.p95:.0f}", f"{m.p99:.0f}", m.errors,
-         m.rows, m.distinct, f"{m.probe_p50:.2f}", f"{m.probe_p95:.2f}",
-         f"{m.cpu_ms_per_request['gateway']:.2f}", f"{m.cpu_ms_per_request['postgres']:.2f}"]
-        for mode, m in modes.items()
-    ]  # fmt: skip
-    round_rows = [
-        [number + 1, mode, f"{ab.rate:.1f}", f"{ab.p50:.0f}", f"{p.p50:.2f}", ab.rows["rows"], ab.errors]
-        for mode, measured in runs.items()
-        for number, (ab, p) in enumerate(measured)
-    ]
-    lost = on.requests - on.rows
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """min, median, max."""
+    return min(values), statistics.median(values), max(values)
+
+
+def round_ratios(measured: list[Measured]) -> dict[int, float]:
+    """Per round: ON req/s / OFF req/s of that same round (one worker count)."""
+    rate = {(m.round, m.mode): m.ab.rate for m in measured}
+    rounds = sorted({m.round for m in measured})
+    return {n: rate[(n, "ON")] / rate[(n, "OFF")] for n in rounds if (n, "ON") in rate and (n, "OFF") in rate}
+
+
+@dataclass
+class ConfigSummary:
+    """All rounds of one worker count."""
+
+    workers: int
+    rounds: int
+    ratio_min: float
+    ratio_median: float
+    ratio_max: float
+    rate_on: float
+    rate_off: float
+    probe_p50_on: float
+    probe_p50_off: float
+    gateway_cpu_on: float
+    gateway_cpu_off: float
+    postgres_cpu_on: float
+    requests_on: int
+    rows_on: int
+    lost_on: int
+    duplicated_on: int
+    rows_off: int
+    errors_on: int
+    errors_off: int
+
+    @property
+    def added_p50_c1(self) -> float:
+        return self.probe_p50_on - self.probe_p50_off
+
+    @property
+    def added_gateway_cpu(self) -> float:
+        return self.gateway_cpu_on - self.gateway_cpu_off
+
+    @classmethod
+    def of(cls, workers: int, measured: list[Measured]) -> ConfigSummary:
+        on = [m for m in measured if m.mode == "ON"]
+        off = [m for m in measured if m.mode == "OFF"]
+        ratio = spread(list(round_ratios(measured).values()))
+        return cls(
+            workers=workers,
+            rounds=len(on),
+            ratio_min=ratio[0],
+            ratio_median=ratio[1],
+            ratio_max=ratio[2],
+            rate_on=statistics.median(m.ab.rate for m in on),
+            rate_off=statistics.median(m.ab.rate for m in off),
+            probe_p50_on=lab.percentile([v for m in on for v in m.probe.latencies_ms], 0.50),
+            probe_p50_off=lab.percentile([v for m in off for v in m.probe.latencies_ms], 0.50),
+            gateway_cpu_on=statistics.median(m.cpu_ms("gateway") for m in on),
+            gateway_cpu_off=statistics.median(m.cpu_ms("gateway") for m in off),
+            postgres_cpu_on=statistics.median(m.cpu_ms("postgres") for m in on),
+            requests_on=sum(m.ab.complete for m in on),
+            rows_on=sum(m.ab.rows["rows"] for m in on),
+            lost_on=sum(m.lost for m in on),
+            duplicated_on=sum(m.duplicated for m in on),
+            rows_off=sum(m.ab.rows["rows"] for m in off),
+            errors_on=sum(m.ab.errors for m in on),
+            errors_off=sum(m.ab.errors for m in off),
+        )
+
+    def table(self) -> str:
+        return report.table(
+            ["figure", "value"],
+            [
+                ["throughput ratio ON/OFF per round, min / median / max",
+                 f"{self.ratio_min:.3f} / {self.ratio_median:.3f} / {self.ratio_max:.3f}"],
+                ["req/s ON / OFF (median of rounds, ab c=50)", f"{self.rate_on:.1f} / {self.rate_off:.1f}"],
+                ["added p50 at c=1 (sequential probe, rounds pooled)",
+                 f"{self.added_p50_c1:+.2f} ms ({self.probe_p50_on:.2f} vs {self.probe_p50_off:.2f})"],
+                ["gateway CPU ms/request ON / OFF (median)",
+                 f"{self.gateway_cpu_on:.2f} / {self.gateway_cpu_off:.2f}"],
+                ["gateway CPU ms/request added by logging", f"{self.added_gateway_cpu:+.2f}"],
+                ["PostgreSQL CPU ms/request ON (median)", f"{self.postgres_cpu_on:.2f}"],
+                ["rows logged vs requests sent (ON, all rounds)", f"{self.rows_on} / {self.requests_on}"],
+                ["lost / duplicated rows (ON)", f"{self.lost_on} / {self.duplicated_on}"],
+                ["rows logged with logging OFF (expected 0)", self.rows_off],
+                ["errors ON / OFF", f"{self.errors_on} / {self.errors_off}"],
+            ],
+        )  # fmt: skip
+
+
+ROUND_HEADER = [
+    "workers", "round", "logging", "req/s", "ratio ON/OFF", "p50 ms", "c=1 p50 ms",
+    "CPU ms/req gateway", "CPU ms/req PostgreSQL", "rows logged", "lost", "dup", "errors",
+]  # fmt: skip
+
+
+def round_rows(measured: list[Measured]) -> list[list[object]]:
+    """One row per mode and round, in the order they ran; the ratio is that round's ON/OFF."""
+    ratios = {w: round_ratios([m for m in measured if m.workers == w]) for w in {m.workers for m in measured}}
+    return [round_row(m, ratios[m.workers].get(m.round, float("nan"))) for m in measured]
+
+
+def round_row(m: Measured, ratio: float) -> list[object]:
+    return [m.workers, m.round, m.mode, f"{m.ab.rate:.1f}", f"{ratio:.3f}", f"{m.ab.p50:.0f}",
+            f"{m.probe.p50:.2f}", f"{m.cpu_ms('gateway'):.2f}", f"{m.cpu_ms('postgres'):.2f}",
+            m.ab.rows["rows"], m.lost, m.duplicated, m.ab.errors]  # fmt: skip
+
+
+def summarize(args: argparse.Namespace, measured: list[Measured]) -> tuple[str, dict]:
+    summaries = [ConfigSummary.of(w, [m for m in measured if m.workers == w]) for w in args.worker_counts]
+    sections = [f"## {s.workers} uvicorn worker(s)\n\n{s.table()}" for s in summaries]
     markdown = "\n\n".join(
         [
             "# Lab load test: runbook Part 5 at scale, logging ON vs OFF",
             f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {lab.machine_description()}; "
-            f"gateway {lab.GATEWAY_URL} ({lab.gateway_workers()} uvicorn workers), "
-            f"model {lab.MODEL} on the lab stub; "
-            f"{args.rounds} round(s) of ON then OFF, each on a freshly restarted gateway after "
-            f"{WARMUP_REQUESTS} warm-up requests.",
+            f"gateway {lab.GATEWAY_URL} (host nproc {args.vcpus}, deployed with {args.deployed_workers} "
+            f"uvicorn workers), model {lab.MODEL} on the lab stub; per worker count {args.rounds} round(s), "
+            "ON/OFF order alternating per round (ON first in odd rounds), each mode on a freshly "
+            f"restarted gateway after {WARMUP_REQUESTS} warm-up requests.",
             f"Per mode and round: `ab -n {args.requests} -c {args.concurrency} -T application/json"
             f" -H 'Authorization: Bearer TEST_KEY' -p test_payload.json {lab.GATEWAY_URL}{lab.CHAT_PATH}`"
             f" (the runbook's command at scale), then {args.probe_requests} sequential requests"
             " (concurrency 1, keep-alive, sub-ms clock) for the per-request cost of logging. CPU ms/req: "
             "CPU time of the service's cgroup during the ab run divided by its requests.",
-            report.table(header, rows),
-            report.table(
-                ["round", "logging", "req/s", "p50 ms", "c=1 p50 ms", "rows logged", "errors"], round_rows
-            ),
-            report.table(
-                ["figure", "value"],
-                [
-                    ["throughput ratio ON/OFF (ab, c=50)", f"{ratio:.3f}"],
-                    ["added p50 at c=50 (ab, queueing included)", f"{added_ab:+.0f} ms"],
-                    ["added p50 at c=1 (per-request cost of logging)", f"{added_probe:+.2f} ms"],
-                    ["rows logged vs requests sent (ON)", f"{on.rows} / {on.requests}"],
-                    ["lost rows (ON)", lost],
-                    ["duplicated rows (ON)", on.rows - on.distinct],
-                    ["rows logged with logging OFF (expected 0)", off.rows],
-                ],
-            ),
+            *sections,
+            "## Rounds\n\n" + report.table(ROUND_HEADER, round_rows(measured)),
             f"![latency](load-{args.stamp}.png)",
         ]
     )
     data = {
         "args": vars(args),
         "machine": lab.machine_description(),
-        "ratio": ratio,
-        "added_p50_ab_ms": added_ab,
-        "added_p50_c1_ms": added_probe,
-        "lost": lost,
-        "modes": {mode: asdict(m) for mode, m in modes.items()},
-        "rounds": {
-            mode: [
-                {"ab": {k: v for k, v in asdict(ab).items() if k != "latencies_ms"},
-                 "probe": {k: v for k, v in asdict(p).items() if k != "latencies_ms"}}
-                for ab, p in measured
-            ]
-            for mode, measured in runs.items()
-        },
-    }  # fmt: skip
+        "summaries": [
+            {**asdict(s), "added_p50_c1_ms": s.added_p50_c1, "added_gateway_cpu_ms": s.added_gateway_cpu}
+            for s in summaries
+        ],
+        "rounds": [m.record() for m in measured],
+    }
     return markdown, data
+
+
+def latency_panels(
+    args: argparse.Namespace, measured: list[Measured]
+) -> list[tuple[str, dict[str, list[float]]]]:
+    """Per worker count: the ab latencies and the probe latencies, ON vs OFF (rounds pooled)."""
+    panels = []
+    for workers in args.worker_counts:
+        mine = [m for m in measured if m.workers == workers]
+        for title, attr in ((f"ab -n {args.requests} -c {args.concurrency}", "ab"), ("probe, c=1", "probe")):
+            series = {mode: [v for m in mine if m.mode == mode for v in getattr(m, attr).latencies_ms]
+                      for mode in ("ON", "OFF")}  # fmt: skip
+            panels.append((f"{workers} worker(s): {title}", series))
+    return panels
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=10_000, help="ab -n (default 10000)")
+    parser.add_argument("--requests", type=int, default=4_000, help="ab -n (default 4000)")
     parser.add_argument("--concurrency", type=int, default=50, help="ab -c (default 50)")
     parser.add_argument("--probe-requests", type=int, default=1000, help="sequential latency probe size")
-    parser.add_argument("--rounds", type=int, default=2, help="ON/OFF rounds (default 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="ON/OFF rounds per worker count (default 5)")
+    parser.add_argument(
+        "--workers-list",
+        default="1,vcpus",
+        help='uvicorn worker counts, "vcpus" = gateway nproc (default 1,vcpus)',
+    )
     args = parser.parse_args()
     args.stamp = report.stamp()
     lab.require_deployed_lab()
-    runs = run(args)
-    markdown, data = summarize(args, runs)
+    args.vcpus, args.deployed_workers = lab.gateway_vcpus(), lab.gateway_workers()
+    args.worker_counts = worker_counts(args.workers_list, args.vcpus)
+    measured = run(args)
+    markdown, data = summarize(args, measured)
     png = report.latency_cdf_plot(
         lab.RESULTS / f"load-{args.stamp}.png",
         f"Lab gateway latency, logging ON vs OFF ({lab.machine_description()})",
-        [
-            (
-                f"ab -n {args.requests} -c {args.concurrency}",
-                {m: [v for ab, _ in r for v in ab.latencies_ms] for m, r in runs.items()},
-            ),
-            (
-                "sequential probe, concurrency 1",
-                {m: [v for _, p in r for v in p.latencies_ms] for m, r in runs.items()},
-            ),
-        ],
+        latency_panels(args, measured),
     )
     path = report.write(f"load-{args.stamp}", markdown, data)
     print("\n" + markdown.split("\n\n", 3)[3])
