@@ -28,6 +28,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from threading import Lock
 from time import monotonic
@@ -63,10 +64,14 @@ def sha256_hex(token: str) -> str:
 
 PUBLIC_KEY_ID_PREFIX = "kid-"
 PUBLIC_KEY_ID_HEX_CHARS = 16
+PUBLIC_KEY_ID_CACHE_SIZE = 4096  # keys in the file, plus room for the ones replaced since the start
 # Without a master key (not a setup LiteLLM starts with) ids are stable within one process only.
 _PROCESS_SECRET = secrets.token_bytes(32)
 
 
+# Called by the auth hook on every request; the id depends only on its two arguments, so it is
+# computed once per key (and master key), not per request.
+@lru_cache(maxsize=PUBLIC_KEY_ID_CACHE_SIZE)
 def public_key_id(key_hash: str, master_key: str | None) -> str:
     """A non-secret id of a key for places that publish it (LiteLLM's hashed_api_key label).
 
