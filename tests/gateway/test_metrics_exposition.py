@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,6 +207,29 @@ def test_the_queue_depth_gauge_sums_over_living_workers(tmp_path):
     families = {m.name: m for m in MultiprocessSource(tmp_path, is_running=lambda pid: True).collect()}
     assert samples_of(families["pglog_queue_depth"]) == {("pglog_queue_depth", ()): 4}  # no pid label
     assert samples_of(families["pglog_rows_written"])[("pglog_rows_written_total", ())] == 6
+
+
+def test_the_spool_backlog_is_measured_on_disk_at_each_scrape(tmp_path):
+    workers, spool_dir = tmp_path / "workers", tmp_path / "spool"
+    workers.mkdir()
+    spool_dir.mkdir()
+    settings = ExpositionSettings(multiproc_dir=workers, spool_dir=spool_dir)
+
+    def backlog() -> dict[str, float]:
+        text = Scraper(settings).render().decode()
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    assert backlog()["pglog_spool_files"] == 0 and backlog()["pglog_spool_oldest_record_age_seconds"] == 0
+    ten_minutes_ago = time.time_ns() - 600 * 10**9
+    (spool_dir / f"pglog-11-{ten_minutes_ago:x}.jsonl").write_bytes(b'{"request_id":"a"}\n')
+    (spool_dir / f"pglog-12-{time.time_ns():x}.jsonl").write_bytes(b'{"request_id":"b"}\n')
+    (spool_dir / f"journal-13-{ten_minutes_ago - 10**12:x}.jsonl").write_bytes(b"{}\n")  # live memory
+    (spool_dir / "rejected-14.jsonl").write_bytes(b"{}\n")  # refused for good, never replayed
+    values = backlog()
+    assert values["pglog_spool_files"] == 2
+    assert values["pglog_spool_bytes"] == 2 * len(b'{"request_id":"a"}\n')
+    assert 600 <= values["pglog_spool_oldest_record_age_seconds"] < 660
+    assert "pglog_spool_files" not in Scraper(ExpositionSettings(multiproc_dir=workers)).render().decode()
 
 
 def test_a_missing_directory_answers_503(tmp_path):

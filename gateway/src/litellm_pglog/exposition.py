@@ -35,6 +35,9 @@ LITELLM_PGLOG_METRICS_KEY_LABELS       ``true``/``false``: keep the labels that 
 LITELLM_PGLOG_METRICS_LABEL_SALT_FILE  file holding a secret salt: hash-like label values
                                        become ``h-`` + 16 hex of HMAC-SHA256(salt, value)
                                        instead of ``redacted``
+LITELLM_PGLOG_SPOOL_DIR                the gateway's spool: when set, each scrape also
+                                       measures its backlog (pglog_spool_files,
+                                       pglog_spool_bytes, pglog_spool_oldest_record_age_seconds)
 =====================================  ===================================================
 
 The files are read once, at start: restart the exporter after changing one.
@@ -96,10 +99,11 @@ from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Sample
 
+from litellm_pglog import spool
 from litellm_pglog.settings import Settings, SettingsError, _flag
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -107,6 +111,7 @@ LISTEN_ENV = "LITELLM_PGLOG_METRICS_LISTEN"
 TOKEN_FILE_ENV = "LITELLM_PGLOG_METRICS_TOKEN_FILE"
 KEY_LABELS_ENV = "LITELLM_PGLOG_METRICS_KEY_LABELS"
 LABEL_SALT_FILE_ENV = "LITELLM_PGLOG_METRICS_LABEL_SALT_FILE"
+SPOOL_DIR_ENV = "LITELLM_PGLOG_SPOOL_DIR"
 DEFAULT_LISTEN = "127.0.0.1:9464"
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/health"  # no token, no data: "ok"
@@ -149,6 +154,7 @@ class ExpositionSettings:
     key_labels: bool = True
     token: str | None = field(default=None, repr=False)
     label_salt: bytes | None = field(default=None, repr=False)
+    spool_dir: Path | None = None
 
 
 def load_exposition_settings(
@@ -159,6 +165,7 @@ def load_exposition_settings(
     host, port = parse_listen(env.get(LISTEN_ENV, "").strip() or DEFAULT_LISTEN)
     multiproc_dir = env.get(MULTIPROC_DIR_ENV, "").strip()
     salt = _read_secret(env, LABEL_SALT_FILE_ENV)
+    spool_dir = env.get(SPOOL_DIR_ENV, "").strip()
     return ExpositionSettings(
         multiproc_dir=Path(multiproc_dir) if multiproc_dir else None,
         host=host,
@@ -166,6 +173,7 @@ def load_exposition_settings(
         key_labels=_flag(env, KEY_LABELS_ENV, key_labels_default),
         token=_read_secret(env, TOKEN_FILE_ENV),
         label_salt=salt.encode() if salt else None,
+        spool_dir=Path(spool_dir) if spool_dir else None,
     )
 
 
@@ -282,11 +290,45 @@ class MetricsUnavailable(RuntimeError):
     """The samples cannot be read now (the workers' directory is missing)."""
 
 
+class SpoolBacklogSource:
+    """How much waits in the spool and for how long: measured on disk at each scrape, so the
+    answer holds whatever the workers are doing (stuck, restarting, all busy replaying).
+    "Records waiting for more than N minutes" is ``pglog_spool_oldest_record_age_seconds``.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        backlog = spool.backlog(self._directory)
+        yield GaugeMetricFamily("pglog_spool_files", "Spool files waiting for PostgreSQL", backlog.files)
+        yield GaugeMetricFamily("pglog_spool_bytes", "Bytes of records waiting in the spool", backlog.bytes)
+        yield GaugeMetricFamily(
+            "pglog_spool_oldest_record_age_seconds",
+            "Age of the oldest spool file (its first record); 0 when the spool is empty",
+            backlog.oldest_age_seconds(),
+        )
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Several collectors as one."""
+
+    parts: tuple[Collector, ...]
+
+    def collect(self) -> Iterable[Metric]:
+        for part in self.parts:
+            yield from part.collect()
+
+
 def source_for(settings: ExpositionSettings) -> Collector:
-    """The workers' directory when set, else this process's registry (one worker)."""
-    if settings.multiproc_dir is not None:
-        return MultiprocessSource(settings.multiproc_dir)
-    return REGISTRY
+    """The workers' directory when set, else this process's registry (one worker); plus the
+    spool's backlog when the spool directory is known.
+    """
+    workers = MultiprocessSource(settings.multiproc_dir) if settings.multiproc_dir is not None else REGISTRY
+    if settings.spool_dir is None:
+        return workers
+    return Sources((workers, SpoolBacklogSource(settings.spool_dir)))
 
 
 # ---- one scrape, whoever serves it ----------------------------------------------------------------

@@ -93,6 +93,35 @@ def _creation_order(path: Path) -> str:
     return path.stem.rsplit("-", 1)[-1]
 
 
+@dataclasses.dataclass(frozen=True)
+class Backlog:
+    """The spool files waiting for PostgreSQL (journals excluded: they mirror live memory)."""
+
+    files: int = 0
+    bytes: int = 0
+    oldest_created_ns: int | None = None  # when the oldest file got its first record
+
+    def oldest_age_seconds(self, now_ns: int | None = None) -> float:
+        if self.oldest_created_ns is None:
+            return 0.0
+        return max(0.0, ((now_ns or time.time_ns()) - self.oldest_created_ns) / 1e9)
+
+
+def backlog(directory: Path) -> Backlog:
+    """Measure the spool from outside the writers (the metrics exporter does, at each scrape)."""
+    files = size = 0
+    oldest: int | None = None
+    for path in directory.glob(SPOOL_GLOB):
+        try:
+            size += path.stat().st_size
+            created = int(_creation_order(path), 16)
+        except (FileNotFoundError, ValueError):  # replayed meanwhile, or not one of ours
+            continue
+        files += 1
+        oldest = created if oldest is None else min(oldest, created)
+    return Backlog(files, size, oldest)
+
+
 def _replayable_files(directory: Path) -> Iterator[Path]:
     for pattern in REPLAYABLE_GLOBS:
         yield from directory.glob(pattern)
