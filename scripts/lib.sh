@@ -105,6 +105,10 @@ LAB_UPSTREAM_URL=http://192.168.10.20:8080
 # Prometheus text of every gateway worker; send the scrape token (secrets/metrics_token).
 LAB_METRICS_URL=http://192.168.10.18:9464/metrics
 LAB_METRICS_TOKEN_FILE=$LITELLM_LAB_DIR/secrets/metrics_token
+# Prometheus and Alertmanager on the monitoring host (no secret needed to read them).
+LAB_MONITORING_HOST=hx-monitoring-server
+LAB_PROMETHEUS_URL=http://192.168.10.21:9090
+LAB_ALERTMANAGER_URL=http://192.168.10.21:9093
 ENV
   chmod 0600 "$env_file.tmp" && mv "$env_file.tmp" "$env_file"
 }
