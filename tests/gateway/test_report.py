@@ -21,7 +21,7 @@ from litellm_pglog.report.window import Window, WindowError, parse_window
 from sqlalchemy import create_engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monitoring"))
-from debian import ensure_debian_package  # noqa: E402 - the tests' shared apt helper
+from debian_tools import ensure_debian_package  # noqa: E402 - the tests' shared apt helper
 
 SINCE, UNTIL = "2026-11-20T10:00:00Z", "2026-11-20T13:00:00Z"
 # (time, key alias, model, status, latency ms, prompt, completion tokens); latency None: no response row
