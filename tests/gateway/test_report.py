@@ -219,3 +219,10 @@ def test_html_page_shows_the_charts_in_chromium(chromium: str, usage: cli.Usage,
     screenshot = Path(os.environ.get("LITELLM_REPORT_SCREENSHOT", tmp_path / "report.png"))
     browse(chromium, page, f"--screenshot={screenshot}", "--window-size=1500,1500")
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+
+
+def test_html_without_matplotlib_gives_the_hint(usage: cli.Usage, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    with pytest.raises(cli.ReportError, match=r"pip install 'litellm-pglog\[report\]'"):
+        cli.write_html(usage, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()

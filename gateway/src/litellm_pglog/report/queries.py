@@ -1,8 +1,8 @@
 """The report's aggregates, computed by PostgreSQL with SQLAlchemy Core on the one schema (models).
 
-Every query filters on ``requests.created_at`` ranges: the log tables may be partitioned by it,
-and a range lets PostgreSQL skip the partitions outside the window. Responses are joined by
-``request_id_fk`` only (no assumption about the primary keys' shape).
+Every query filters on ``requests.created_at`` ranges: the log tables are partitioned by it, and
+a range lets PostgreSQL skip the partitions outside the window. Responses are joined by
+``request_id_fk`` (no assumption about the primary keys' shape) within the window's start.
 """
 
 from __future__ import annotations
@@ -65,9 +65,17 @@ def _in_window(window: Window) -> ColumnElement[bool]:
     return (REQUESTS.c.created_at >= window.start) & (REQUESTS.c.created_at < window.end)
 
 
-def _logged() -> Select:
-    """Requests with their response (if any): the FROM clause of every query."""
-    joined = REQUESTS.outerjoin(RESPONSES, RESPONSES.c.request_id_fk == REQUESTS.c.id)
+def _logged(window: Window) -> Select:
+    """Requests with their response (if any): the FROM clause of every query.
+
+    A response is never older than its request (the same created_at once the tables are
+    partitioned; at least the request's before), so ``responses.created_at >= start`` loses no
+    response and lets PostgreSQL skip the responses' older partitions too.
+    """
+    joined = REQUESTS.outerjoin(
+        RESPONSES,
+        (RESPONSES.c.request_id_fk == REQUESTS.c.id) & (RESPONSES.c.created_at >= window.start),
+    )
     return select().select_from(joined)
 
 
@@ -83,7 +91,7 @@ def _stats(connection: Connection, window: Window, name: ColumnElement[str] | No
     """Aggregates per value of ``name``; ``None``: one row over the whole window."""
     latency = RESPONSES.c.latency_ms
     query = (
-        _logged()
+        _logged(window)
         .add_columns(
             (name if name is not None else literal(ALL_LABEL)).label("name"),
             func.count().label("requests"),
@@ -105,7 +113,7 @@ def _status_counts(
 ) -> dict[str, dict[int | None, int]]:
     status = REQUESTS.c.status_code
     query = (
-        _logged()
+        _logged(window)
         .add_columns(name.label("name"), status, func.count().label("count"))
         .where(_in_window(window))
         .group_by(name, status)
