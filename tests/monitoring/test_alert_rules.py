@@ -9,9 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
-from debian_tools import ensure_debian_package
 from litellm_pglog.metrics import SERIES
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
@@ -29,14 +27,6 @@ ALERTS_REQUIRED = {
     "DiskAlmostFull",
     "TLSCertificateExpiring",
 }
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    found = ensure_debian_package("prometheus", "promtool")
-    if found is None:
-        pytest.fail("promtool is missing and could not be installed: apt-get install prometheus")
-    return found
 
 
 def run(*command: str | Path) -> str:

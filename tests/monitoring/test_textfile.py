@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from debian_tools import ensure_debian_package
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "monitoring" / "textfile"))
 import pgbackrest_metrics  # noqa: E402 - scripts, not a package
@@ -33,14 +32,6 @@ INFO = [
 def lint(promtool: str, text: str) -> None:
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    found = ensure_debian_package("prometheus", "promtool")
-    if found is None:
-        pytest.fail("promtool is missing and could not be installed: apt-get install prometheus")
-    return found
 
 
 def test_pgbackrest_newest_backup_per_stanza_and_type(tmp_path: Path, promtool: str) -> None:
