@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-RECEIVER = Path(__file__).resolve().parents[2] / "monitoring" / "alertmanager" / "webhook_receiver.py"
 NOTIFICATION = {
     "version": "4",
     "status": "firing",
@@ -30,21 +24,6 @@ def post(url: str, body: bytes) -> int:
             return answer.status
     except urllib.error.HTTPError as error:
         return error.code
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The script run as the lab runs it, on a free loopback port."""
-    output = tmp_path / "alerts.jsonl"
-    command = [sys.executable, str(RECEIVER), "--listen", "127.0.0.1:0", "--output", str(output)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        banner = process.stderr.readline()  # "webhook_receiver: listening on HOST:PORT, writing ..."
-        address = banner.split("listening on ")[1].split(",")[0]
-        yield f"http://{address}", output
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_each_post_is_one_line(receiver: tuple[str, Path]) -> None:
