@@ -10,7 +10,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
 export PY_COLORS=0
 
-APT_PACKAGES=(docker.io debootstrap postgresql python3-venv git ca-certificates apache2-utils)
+# prometheus (promtool) and prometheus-alertmanager: the alert rules' unit tests and the
+# loopback alerting test; chromium: the usage report's page rendered headless.
+APT_PACKAGES=(docker.io debootstrap postgresql python3-venv git ca-certificates apache2-utils
+  prometheus prometheus-alertmanager chromium)
 
 log() { printf '\n==> %s\n' "$*"; }
 
@@ -35,6 +38,10 @@ ensure_apt_packages() {
     pg_lsclusters -h 2>/dev/null | while read -r ver name _; do
       pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true
     done
+  fi
+  # Nor are its Prometheus and Alertmanager services (the tests run their own, on loopback).
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus prometheus-alertmanager 2>/dev/null || true
   fi
 }
 

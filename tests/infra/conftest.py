@@ -24,6 +24,7 @@ LAB_DIR = Path(os.environ.get("LITELLM_LAB_DIR", REPO / ".lab"))
 POSTGRES_HOST = "hx-postgres-server"
 GATEWAY_HOST = "hx-litellm-server"
 UPSTREAM_HOST = "llm-upstream"
+MONITORING_HOST = "hx-monitoring-server"
 POSTGRES_ADDRESS = "192.168.10.19"
 GATEWAY_ADDRESS = "192.168.10.18"
 DATABASE = "litellm_db"
@@ -165,7 +166,7 @@ def db_password() -> Secret:
 
 # -- helpers for tests/infra/test_security.py ---------------------------------------------------
 
-LAB_CONTAINERS = (POSTGRES_HOST, GATEWAY_HOST, UPSTREAM_HOST)
+LAB_CONTAINERS = (POSTGRES_HOST, GATEWAY_HOST, UPSTREAM_HOST, MONITORING_HOST)
 
 # Lists the regular files of the whole filesystem that are readable by "other" and contain any of
 # the secrets read from stdin (one per line). Like `find / -xdev`: the root filesystem without

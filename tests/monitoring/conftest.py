@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from debian_tools import ensure_debian_package
 
-RECEIVER = Path(__file__).resolve().parents[2] / "monitoring" / "alertmanager" / "webhook_receiver.py"
+RECEIVER = Path(__file__).resolve().parents[2] / "roles" / "alert_webhook" / "files" / "webhook_receiver.py"
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,12 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from litellm_pglog.exposition import SpoolBacklogSource
 from litellm_pglog.metrics import SERIES
 
-PROMETHEUS = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
-RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
-TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
+REPO = Path(__file__).resolve().parents[2]
+RULE_FILES = sorted((REPO / "roles" / "prometheus" / "files" / "rules").glob("*.yml"))
+TEST_FILES = sorted((REPO / "monitoring" / "prometheus" / "tests").glob("*.yml"))
 ALERTS_REQUIRED = {
     "LiteLLMGatewayDown",
     "LiteLLMGateway5xxRatioHigh",
@@ -85,3 +86,11 @@ def test_rules_use_the_gateways_metric_names() -> None:
     for counter in (SERIES.dropped, SERIES.spooled, SERIES.rows_written):
         assert f"{counter._name}_total" in text
     assert SERIES.queue_depth._name in text
+
+
+def test_the_spool_alert_reads_the_exporters_backlog_gauge(tmp_path: Path) -> None:
+    """PglogRecordsSpooling watches the on-disk backlog the metrics exporter measures."""
+    names = {family.name for family in SpoolBacklogSource(tmp_path).collect()}
+    spooling = next(rule for rule in alert_rules() if rule["alert"] == "PglogRecordsSpooling")
+    assert "pglog_spool_oldest_record_age_seconds" in names
+    assert "pglog_spool_oldest_record_age_seconds" in spooling["expr"]

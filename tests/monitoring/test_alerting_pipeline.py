@@ -2,7 +2,7 @@
 
 Alertmanager is configured from alertmanager.example.yml: its route and receiver are kept, only
 the URL (the receiver's free port) and the waits (seconds instead of a minute) change.
-Prometheus (Debian ``prometheus``) loads monitoring/prometheus/rules/*.yml and scrapes a stub
+Prometheus (Debian ``prometheus``) loads roles/prometheus/files/rules/*.yml and scrapes a stub
 gateway exporter as job ``litellm_gateway``. Alertmanager is the Debian package
 ``prometheus-alertmanager``; these tests are skipped with the reason when it cannot be installed
 (the lab's end-to-end test covers the same path).
@@ -122,7 +122,7 @@ def test_alert_arrives_and_resolves_at_the_webhook(alertmanager: str, receiver: 
 
 # ---- Prometheus evaluating the real rules ----------------------------------------------------------
 
-RULES = sorted((EXAMPLE.parents[1] / "prometheus" / "rules").glob("*.yml"))
+RULES = sorted((EXAMPLE.parents[2] / "roles" / "prometheus" / "files" / "rules").glob("*.yml"))
 
 
 class StubExporter(ThreadingHTTPServer):

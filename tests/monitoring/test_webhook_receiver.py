@@ -1,4 +1,4 @@
-"""monitoring/alertmanager/webhook_receiver.py: one JSON line per Alertmanager notification."""
+"""roles/alert_webhook/files/webhook_receiver.py: one JSON line per Alertmanager notification."""
 
 from __future__ import annotations
 
