@@ -1,7 +1,8 @@
 """The database side of the writer: records made acceptable, merged and upserted.
 
-Upserts keyed on request_id make replays and split records (HTTP status from the middleware,
-tokens from the LiteLLM callback) converge on one row each, whatever the order of arrival.
+Upserts keyed on (request_id, created_at) make replays and split records (HTTP status from the
+middleware, tokens from the LiteLLM callback) converge on one row each, whatever the order of
+arrival: created_at, the partition key, comes from the UUIDv7 request id (see clean_values).
 A batch is merged in memory first (one row per request_id), then written by one statement.
 """
 
@@ -24,7 +25,7 @@ from litellm_pglog.db import CallDeadline
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS, INT32_MAX
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.models import Request, Response
-from litellm_pglog.records import LogRecord
+from litellm_pglog.records import LogRecord, request_id_time
 
 REQUESTS = Request.__table__
 RESPONSES = Response.__table__
@@ -78,7 +79,16 @@ def _clean_float(value: object) -> float | None:
     return number if math.isfinite(number) else None  # the batch is JSON: no NaN, no infinity
 
 
-def _clean_timestamp(value: object) -> datetime:
+def _clean_timestamp(value: object, request_id: str) -> datetime:
+    """The row's created_at, the tables' partition key and part of their conflict key.
+
+    A UUIDv7 request id (the middleware's) decides it: every record of the request, the
+    callback's without a timestamp included, must agree on it or they would become two rows.
+    Other ids (records spooled by older releases, made-up ids) keep their own time, or now.
+    """
+    embedded = request_id_time(request_id)
+    if embedded is not None:
+        return embedded
     if not isinstance(value, datetime):
         return datetime.now(UTC)
     return value if value.tzinfo is not None else value.astimezone()
@@ -110,7 +120,7 @@ def clean_values(record: LogRecord) -> Row:
     row: Row = {
         name: None if (value := getattr(record, name)) is None else clean(value) for name, clean in CLEANERS
     }
-    row["created_at"] = _clean_timestamp(record.created_at)
+    row["created_at"] = _clean_timestamp(record.created_at, row["request_id"])
     return row
 
 
@@ -126,6 +136,9 @@ def as_row(record: LogRecord) -> Row:
 
 def merge_rows(rows: list[Row]) -> list[Row]:
     """One row per request_id: later non-NULL values win, the earliest timestamp stays.
+
+    (Records of a UUIDv7 request id all carry its embedded time; the earliest-wins rule only
+    matters for other ids, whose records of one batch then still make one row.)
 
     Sorted by request_id so that concurrent writers lock rows in the same order (no deadlocks).
     The rows passed in stay as they are (a refused batch is halved as it came): a request's
@@ -173,8 +186,11 @@ def _upsert_requests(batch: CTE) -> CTE:
         for name in REQUEST_FIELDS
         if name not in ("request_id", "created_at")
     }
-    merged["created_at"] = func.least(REQUESTS.c.created_at, statement.excluded.created_at)
-    upsert = statement.on_conflict_do_update(index_elements=[REQUESTS.c.request_id], set_=merged)
+    # created_at is the partition key: part of the conflict key, so never updated (a row cannot
+    # change partition in an upsert). Records agree on it through the UUIDv7 request id.
+    upsert = statement.on_conflict_do_update(
+        index_elements=[REQUESTS.c.request_id, REQUESTS.c.created_at], set_=merged
+    )
     return upsert.returning(REQUESTS.c.id, REQUESTS.c.request_id).cte("upserted")
 
 
@@ -185,7 +201,9 @@ def _upsert_batch() -> Insert:
     rows = rows.join_from(upserted, batch, upserted.c.request_id == batch.c.request_id)
     statement = insert(RESPONSES).from_select(["request_id_fk", "created_at", *RESPONSE_FIELDS], rows)
     merged = {name: func.coalesce(statement.excluded[name], RESPONSES.c[name]) for name in RESPONSE_FIELDS}
-    return statement.on_conflict_do_update(index_elements=[RESPONSES.c.request_id_fk], set_=merged)
+    return statement.on_conflict_do_update(
+        index_elements=[RESPONSES.c.request_id_fk, RESPONSES.c.created_at], set_=merged
+    )
 
 
 UPSERT_BATCH = _upsert_batch()

@@ -7,6 +7,11 @@ from litellm_pglog.models import Base
 target_metadata = Base.metadata
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Autogenerate compares the schema's tables, not their partitions (partitions.py's)."""
+    return type_ != "table" or name in target_metadata.tables or name == "alembic_version"
+
+
 def run_migrations_offline() -> None:
     context.configure(dialect_name="postgresql", target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
@@ -17,7 +22,7 @@ def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:
         raise RuntimeError("run migrations through litellm_pglog.schema, which provides the connection")
-    context.configure(connection=connection, target_metadata=target_metadata)
+    context.configure(connection=connection, target_metadata=target_metadata, include_name=include_name)
     with context.begin_transaction():
         context.run_migrations()
 
