@@ -112,3 +112,8 @@ Index(
     Request.created_at,
     postgresql_where=Request.status_code != 200,
 )
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic autogenerate's filter: the schema's tables, not their partitions (partitions.py's)."""
+    return type_ != "table" or name in Base.metadata.tables or name == "alembic_version"

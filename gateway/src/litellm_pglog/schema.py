@@ -86,7 +86,8 @@ def _refuse_unmanaged_tables(connection: Connection) -> None:
 
 
 @contextmanager
-def _connect(url: str) -> Iterator[Connection]:
+def connect(url: str) -> Iterator[Connection]:
+    """An open connection to the URL; every failure is a one-line SchemaError without the password."""
     where = safe_url(url)
     try:
         parsed = make_url(url)
@@ -109,7 +110,7 @@ def _connect(url: str) -> Iterator[Connection]:
 
 def inspect_schema(url: str) -> SchemaStatus:
     """Which revision the database is at and which revisions an upgrade would apply."""
-    with _connect(url) as connection:
+    with connect(url) as connection:
         return _status(connection)
 
 
@@ -119,7 +120,7 @@ def upgrade_schema(url: str) -> SchemaStatus:
     ``pending`` lists the revisions that were applied (empty: nothing changed) and
     ``created_tables`` the tables the upgrade created.
     """
-    with _connect(url) as connection, connection.begin():
+    with connect(url) as connection, connection.begin():
         connection.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
         status = _status(connection)
         if status.pending:

@@ -2,14 +2,9 @@
 
 from alembic import context
 
-from litellm_pglog.models import Base
+from litellm_pglog.models import Base, include_name
 
 target_metadata = Base.metadata
-
-
-def include_name(name: str | None, type_: str, parent_names: object) -> bool:
-    """Autogenerate compares the schema's tables, not their partitions (partitions.py's)."""
-    return type_ != "table" or name in target_metadata.tables or name == "alembic_version"
 
 
 def run_migrations_offline() -> None:
