@@ -157,7 +157,7 @@ def test_upgrade_from_0001_keeps_rows(pg_url):
     result = run_db_init(pg_url)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"db_init: upgraded schema 0001 -> {head_revision()} (applied 0002)\n"
+    assert result.stdout == f"db_init: upgraded schema 0001 -> {head_revision()} (applied 0002, 0003)\n"
     with engine.connect() as connection:
         rows = connection.execute(
             select(Request.request_id, Request.error_message, Response.total_tokens)
@@ -197,17 +197,21 @@ def test_concurrent_upgrades_apply_once(pg_url):
         thread.join(60)
 
     assert all(not isinstance(result, Exception) for result in results), results
-    assert sorted(len(result.pending) for result in results) == [0, 0, 2]
+    assert sorted(len(result.pending) for result in results) == [0, 0, 3]
 
 
 def test_render_upgrade_sql_is_offline_and_complete():
     head = head_revision()
 
     full = render_upgrade_sql(None, head)
-    step = render_upgrade_sql("0001", head)
+    step = render_upgrade_sql("0001", "0002")
+    partitioning = render_upgrade_sql("0002", head)
 
     assert "CREATE TABLE requests" in full and "CREATE TABLE responses" in full
     assert "CREATE TABLE" not in step and "ALTER TABLE requests ADD COLUMN error_message TEXT" in step
+    # Static SQL, shown exactly as it runs: the dates are computed by the DO block.
+    assert "ATTACH PARTITION" in partitioning and "PARTITION BY RANGE (created_at)" in partitioning
+    assert "%%" not in partitioning
     assert render_upgrade_sql(head, head) == ""
 
 
@@ -312,5 +316,7 @@ def test_runbook_queries_use_the_indexes(logged_requests):
             rows = connection.exec_driver_sql("EXPLAIN " + script.rstrip(";")).scalars().all()
             plans[name] = "\n".join(rows)
 
-    assert "ix_requests_failed_created_at" in plans["4.4"]
-    assert "ix_requests_created_at" in plans["5.1"]
+    # Partitioned: each partition's copy of the index (requests_legacy_failed_created_at_idx,
+    # requests_p20261128_created_at_idx1, ...) is used, or the partition is pruned.
+    assert "Seq Scan" not in plans["4.4"] and "failed_created_at_idx" in plans["4.4"]
+    assert "Seq Scan" not in plans["5.1"] and "created_at_idx" in plans["5.1"]

@@ -59,9 +59,7 @@ class Request(Base):
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
 
-    response: Mapped[Response | None] = relationship(
-        back_populates="request", passive_deletes=True
-    )
+    response: Mapped[Response | None] = relationship(back_populates="request", passive_deletes=True)
 
     __table_args__ = (
         PrimaryKeyConstraint("id", "created_at"),

@@ -242,7 +242,9 @@ def maintain(connection: Connection, policy: Policy, today: date, apply: bool = 
     if policy.retention_days > 0:
         cutoff = day_start(today - timedelta(days=policy.retention_days))
         for parent in reversed(PARENTS):  # responses first, see the module's docstring
-            lines += [drop_partition(connection, parent, p, apply) for p in _expired(existing[parent], cutoff)]
+            lines += [
+                drop_partition(connection, parent, p, apply) for p in _expired(existing[parent], cutoff)
+            ]
         for parent in reversed(PARENTS):
             line = purge_default(connection, parent, cutoff, apply)
             lines += [line] if line else []
@@ -283,7 +285,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--check", action="store_true", help="only print what a run would do")
     parser.add_argument(
-        "--premake-days", type=_days, help=f"days ahead to cover (${ENV_PREMAKE}, default {DEFAULT_PREMAKE_DAYS})"
+        "--premake-days",
+        type=_days,
+        help=f"days ahead to cover (${ENV_PREMAKE}, default {DEFAULT_PREMAKE_DAYS})",
     )
     parser.add_argument(
         "--retention-days",
@@ -330,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = describe_db_error(exc, url)
         print(f"{PROG}: error: {type(exc).__name__}: {reason} ({safe_url(url)})", file=sys.stderr)
         return 1
-    for line in lines or [f"nothing to do (premake {policy.premake_days} days, retention {policy.retention_days})"]:
+    for line in lines or [
+        f"nothing to do (premake {policy.premake_days} days, retention {policy.retention_days})"
+    ]:
         print(f"{PROG}: {line}")
     return 0
