@@ -16,7 +16,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from litellm_pglog.db import make_engine
-from litellm_pglog.models import Base, Request, Response, include_name
+from litellm_pglog.models import Base, Request, Response, include_name, include_object
 from litellm_pglog.records import LogRecord
 from litellm_pglog.schema import (
     SchemaError,
@@ -173,7 +173,12 @@ def test_models_match_head_revision(migrated_url):
     with engine.connect() as connection:
         context = MigrationContext.configure(
             connection,
-            opts={"compare_type": True, "compare_server_default": True, "include_name": include_name},
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_name": include_name,
+                "include_object": include_object,
+            },
         )
         differences = compare_metadata(context, Base.metadata)
     engine.dispose()

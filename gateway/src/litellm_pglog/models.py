@@ -115,3 +115,11 @@ Index(
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:
     """Alembic autogenerate's filter: the schema's tables, not their partitions (partitions.py's)."""
     return type_ != "table" or name in Base.metadata.tables or name == "alembic_version"
+
+
+def include_object(item: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic autogenerate's filter: PostgreSQL clones the link once per partition of requests
+    (responses_request_id_fk_created_at_fkey1, ...); only the one to the parent is the schema's."""
+    if type_ != "foreign_key_constraint":
+        return True
+    return getattr(getattr(item, "referred_table", None), "name", None) in Base.metadata.tables

@@ -15,7 +15,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, Text, bindparam, cast, column, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    Text,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.dialects.postgresql import JSON, Insert, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.sql.selectable import CTE
@@ -30,6 +43,8 @@ from litellm_pglog.records import LogRecord, request_id_time
 REQUESTS = Request.__table__
 RESPONSES = Response.__table__
 RESPONSE_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "total_tokens")
+# The text form of a UUIDv7 that records.request_id_time() reads a time from.
+UUID7_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 REQUEST_FIELDS = tuple(
     f.name for f in dataclasses.fields(LogRecord) if f.name not in RESPONSE_FIELDS and f.name in REQUESTS.c
 )
@@ -176,7 +191,28 @@ def _batch_rows() -> CTE:
     columns = [column(name, REQUESTS.c[name].type) for name in REQUEST_FIELDS]
     columns += [column(name, RESPONSES.c[name].type) for name in RESPONSE_FIELDS]
     records = func.json_to_recordset(cast(bindparam("batch", type_=Text), JSON)).table_valued(*columns)
-    return select(records.render_derived(name="record", with_types=True)).cte("batch")
+    batch = select(records.render_derived(name="record", with_types=True)).cte("batch")
+    others = [batch.c[name] for name in FIELDS if name != "created_at"]
+    return select(*others, _partition_key(batch).label("created_at")).cte("keyed")
+
+
+def _partition_key(batch: CTE) -> ColumnElement[datetime]:
+    """The created_at a batch row is stored under (the partition key, part of the upsert key).
+
+    A UUIDv7 id fixed it already (clean_values). For other ids (records spooled by older
+    releases, whose two halves carry different times) the row already stored wins, found
+    through each partition's (request_id, created_at) index: without it a later half would
+    become a second row. Only those rare rows pay for the lookup (CASE evaluates it lazily).
+    """
+    stored = (
+        select(REQUESTS.c.created_at)
+        .where(REQUESTS.c.request_id == batch.c.request_id)
+        .order_by(REQUESTS.c.created_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+    is_uuid7 = batch.c.request_id.op("~")(literal_column(f"'{UUID7_PATTERN}'"))
+    return case((is_uuid7, batch.c.created_at), else_=func.coalesce(stored, batch.c.created_at))
 
 
 def _upsert_requests(batch: CTE) -> CTE:
