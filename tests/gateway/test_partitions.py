@@ -9,13 +9,22 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from alembic import command
 from litellm_pglog.db import make_engine
-from litellm_pglog.partitions import Policy, day_start, partitions_of, run
-from litellm_pglog.records import LogRecord, new_request_id
+from litellm_pglog.partitions import (
+    Partition,
+    Policy,
+    day_start,
+    free_parts,
+    partitions_of,
+    run,
+    wanted_spans,
+)
+from litellm_pglog.records import LogRecord, new_request_id, request_id_time
 from litellm_pglog.schema import _config, render_upgrade_sql, upgrade_schema
 from litellm_pglog.sink import write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
@@ -59,6 +68,33 @@ def write(url: str, records: list[LogRecord]) -> None:
 
 def noon(day: date) -> datetime:
     return day_start(day) + timedelta(hours=12)
+
+
+# ---- request ids and spans (no database) ------------------------------------------------------
+
+
+def test_uuid7_request_ids_embed_their_creation_time():
+    request_id, created_at = new_request_id(1_795_000_000_123)
+    parsed = uuid.UUID(request_id)
+
+    assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+    assert created_at == datetime(2026, 11, 18, 11, 6, 40, 123000, tzinfo=UTC)
+    assert request_id_time(request_id) == created_at
+    assert request_id_time(str(uuid.uuid4())) is None and request_id_time("req-1") is None
+    assert len({new_request_id()[0] for _ in range(1000)}) == 1000
+
+
+def test_weekly_spans_fill_the_gap_after_the_legacy_partition():
+    legacy = Partition("requests_legacy", None, day_start(date(2026, 11, 28)))
+    spans = wanted_spans(date(2026, 11, 27), Policy(premake_days=7, interval_days=7))
+
+    parts = [part for span in spans for part in free_parts(span, [legacy])]
+
+    # Weeks are aligned on 1970-01-01 (a Thursday): the first one is cut at the legacy bound.
+    assert [(p.lower.date(), p.upper.date()) for p in parts] == [
+        (date(2026, 11, 28), date(2026, 12, 3)),
+        (date(2026, 12, 3), date(2026, 12, 10)),
+    ]
 
 
 # ---- revision 0003 and the days ahead ---------------------------------------------------------
@@ -279,7 +315,8 @@ def populated_0002(pg_url: str) -> str:
         connection.execute(
             text(
                 "INSERT INTO responses (request_id_fk, created_at, total_tokens) "
-                "SELECT id, created_at + CASE WHEN id % 3 = 0 THEN interval '2 seconds' ELSE interval '0' END, 7 "
+                "SELECT id, created_at + CASE WHEN id % 3 = 0 THEN interval '2 seconds' "
+                "ELSE interval '0' END, 7 "
                 "FROM requests"
             )
         )
@@ -318,7 +355,8 @@ def test_in_place_upgrade_of_a_populated_database_loses_nothing(populated_0002):
     with engine.connect() as connection:
         linked = connection.execute(
             text(
-                "SELECT count(*) FROM requests JOIN responses ON (request_id_fk, responses.created_at) = (requests.id, requests.created_at)"
+                "SELECT count(*) FROM requests JOIN responses "
+                "ON (request_id_fk, responses.created_at) = (requests.id, requests.created_at)"
             )
         ).scalar_one()
         where = (
