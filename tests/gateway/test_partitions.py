@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -29,6 +28,7 @@ from litellm_pglog.schema import _config, render_upgrade_sql, upgrade_schema
 from litellm_pglog.sink import write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
 from sqlalchemy import Engine, text
+from test_schema import run_concurrently
 
 TODAY = datetime.now(UTC).date()
 POLICY = Policy()  # premake 7 days, retention 90 days, daily
@@ -64,6 +64,17 @@ def write(url: str, records: list[LogRecord]) -> None:
     with engine.begin() as connection:
         write_records(connection, records)
     engine.dispose()
+
+
+def linked_rows(engine: Engine, where: str = "TRUE") -> int:
+    """Requests joined to their responses row over the two-column link."""
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                "SELECT count(*) FROM requests JOIN responses ON request_id_fk = requests.id "
+                f"AND responses.created_at = requests.created_at WHERE {where}"
+            )
+        ).scalar_one()
 
 
 def noon(day: date) -> datetime:
@@ -148,13 +159,7 @@ def test_old_and_future_records_land_with_their_usage(migrated_url):
         ids["tomorrow"]: day_name("requests", (now + timedelta(days=1)).date()),
         ids["far"]: "requests_default",  # no partition that far ahead yet: the default takes it
     }
-    with engine.connect() as connection:
-        joined = connection.execute(
-            text(
-                "SELECT count(*) FROM requests JOIN responses ON request_id_fk = requests.id AND "
-                "responses.created_at = requests.created_at WHERE total_tokens = 5 AND status_code = 200"
-            )
-        ).scalar_one()
+    joined = linked_rows(engine, "total_tokens = 5 AND status_code = 200")
     engine.dispose()
     assert joined == 3
 
@@ -229,19 +234,7 @@ def test_retention_zero_keeps_everything(migrated_url):
 
 
 def test_concurrent_runs_apply_once(migrated_url):
-    results: list[object] = []
-
-    def maintain() -> None:
-        try:
-            results.append(run(migrated_url, POLICY, TODAY + timedelta(days=100)))
-        except Exception as exc:  # collected for the assertion below
-            results.append(exc)
-
-    threads = [threading.Thread(target=maintain) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    results = run_concurrently(lambda: run(migrated_url, POLICY, TODAY + timedelta(days=100)))
 
     assert all(isinstance(result, list) for result in results), results
     assert sorted(len(result) for result in results)[:2] == [0, 0]  # the later runs found it done
@@ -353,16 +346,10 @@ def test_in_place_upgrade_of_a_populated_database_loses_nothing(populated_0002):
     assert status.pending == ["0003"]
     assert snapshot(engine) == before
     with engine.connect() as connection:
-        linked = connection.execute(
-            text(
-                "SELECT count(*) FROM requests JOIN responses "
-                "ON (request_id_fk, responses.created_at) = (requests.id, requests.created_at)"
-            )
-        ).scalar_one()
         where = (
             connection.execute(text("SELECT DISTINCT tableoid::regclass::text FROM requests")).scalars().all()
         )
-    assert linked == ROWS and where == ["requests_legacy"]
+    assert linked_rows(engine) == ROWS and where == ["requests_legacy"]
     write(populated_0002, [record_at("new-row", datetime.now(UTC))])
     with engine.connect() as connection:
         new_id = connection.execute(text("SELECT id FROM requests WHERE request_id = 'new-row'")).scalar_one()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -186,20 +187,26 @@ def test_models_match_head_revision(migrated_url):
     assert differences == []
 
 
-def test_concurrent_upgrades_apply_once(pg_url):
+def run_concurrently(action: Callable[[], object], times: int = 3) -> list[object]:
+    """What action returned (or raised) in each of several threads started at once."""
     results: list[object] = []
 
-    def upgrade() -> None:
+    def attempt() -> None:
         try:
-            results.append(upgrade_schema(pg_url))
-        except Exception as exc:  # collected for the assertion below
+            results.append(action())
+        except Exception as exc:  # collected for the caller's assertions
             results.append(exc)
 
-    threads = [threading.Thread(target=upgrade) for _ in range(3)]
+    threads = [threading.Thread(target=attempt) for _ in range(times)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    return results
+
+
+def test_concurrent_upgrades_apply_once(pg_url):
+    results = run_concurrently(lambda: upgrade_schema(pg_url))
 
     assert all(not isinstance(result, Exception) for result in results), results
     assert sorted(len(result.pending) for result in results) == [0, 0, 3]

@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Connection, text
 
-from litellm_pglog.db import describe_db_error, safe_url
-from litellm_pglog.schema import SchemaError, connect
+from litellm_pglog.schema import SchemaError, connect, run_command
 
 PROG = "litellm-pglog-maintain"
 # Partitions are created and dropped for both tables alike; responses reference requests.
@@ -320,22 +318,10 @@ def policy_from(args: argparse.Namespace) -> Policy:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    url = os.environ.get("LITELLM_DB_URL", "").strip()
-    if not url:
-        print(f"{PROG}: error: LITELLM_DB_URL is not set", file=sys.stderr)
-        return 1
-    try:
+
+    def action(url: str) -> list[str]:
         policy = policy_from(args)
-        lines = run(url, policy, apply=not args.check)
-    except SchemaError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # one line for the operator, never a traceback with URL parts
-        reason = describe_db_error(exc, url)
-        print(f"{PROG}: error: {type(exc).__name__}: {reason} ({safe_url(url)})", file=sys.stderr)
-        return 1
-    for line in lines or [
-        f"nothing to do (premake {policy.premake_days} days, retention {policy.retention_days})"
-    ]:
-        print(f"{PROG}: {line}")
-    return 0
+        nothing = f"nothing to do (premake {policy.premake_days} days, retention {policy.retention_days})"
+        return run(url, policy, apply=not args.check) or [nothing]
+
+    return run_command(PROG, action)
