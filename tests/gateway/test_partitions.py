@@ -366,3 +366,41 @@ def test_offline_sql_of_0003_is_what_runs():
 
     assert sql.count("CREATE TABLE requests (") == 1 and "ATTACH PARTITION" in sql
     assert "%%" not in sql and str(TODAY.year) not in sql  # dates are computed when it runs
+
+
+# ---- the runbook's Part 7 ("Database Maintenance"), verbatim, on the partitioned tables --------
+
+PART_7 = """\
+SELECT 
+    schemaname,
+    tablename,
+    attname,
+    n_distinct,
+    correlation
+FROM pg_stats 
+WHERE schemaname = 'public';
+
+ANALYZE requests;
+ANALYZE responses;
+
+SELECT 
+    pid,
+    now() - pg_stat_activity.query_start AS duration,
+    query 
+FROM pg_stat_activity 
+WHERE (now() - pg_stat_activity.query_start) > interval '5 minutes';"""
+
+
+def test_runbook_part_7_runs_on_the_partitioned_tables(migrated_url):
+    engine = make_engine(migrated_url)
+    write(migrated_url, [record_at(f"r{n}", noon(TODAY + timedelta(days=n % 3))) for n in range(30)])
+
+    statements = PART_7.split(";\n")
+    with engine.connect() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+        stats = connection.exec_driver_sql(statements[0]).all()
+    engine.dispose()
+
+    # ANALYZE of a partitioned table samples every partition: the parents have statistics.
+    assert {"requests", "responses"} <= {row.tablename for row in stats}
