@@ -99,15 +99,25 @@ class Meter:
         return Figures(phase, rows, seconds, cpu_used)
 
 
+def request_ids(run: str, count: int, offset: int) -> list[str]:
+    """Ids like the middleware's: UUIDv7 where the package makes them (partitioned schema),
+    else made-up ones. The run is recorded in api_key (see count_rows)."""
+    try:
+        from litellm_pglog.records import new_request_id
+    except ImportError:  # a --baseline-src from before UUIDv7 request ids
+        return [f"bench-{run}-{n}" for n in range(offset, offset + count)]
+    return [new_request_id()[0] for _ in range(count)]
+
+
 def halves(run: str, count: int, offset: int = 0, split: bool = False) -> Iterator[LogRecord]:
     """Two records per request: HTTP half then usage half, or (split) all HTTP halves first."""
-    ids = [f"bench-{run}-{n}" for n in range(offset, offset + count)]
+    ids = request_ids(run, count, offset)
     if split:
-        yield from (http_half(request_id) for request_id in ids)
+        yield from (http_half(request_id, run) for request_id in ids)
         yield from (usage_half(request_id) for request_id in ids)
         return
     for request_id in ids:
-        yield http_half(request_id)
+        yield http_half(request_id, run)
         yield usage_half(request_id)
 
 
@@ -116,8 +126,8 @@ HTTP_HALF = {"route": "/v1/chat/completions", "method": "POST", "status_code": 2
 USAGE_HALF = {"model": "gpt-4o-mini", "user_id": "poc-tester", "prompt_tokens": 12, "completion_tokens": 30}
 
 
-def http_half(request_id: str) -> LogRecord:
-    return LogRecord(request_id=request_id, latency_ms=23.0, **HTTP_HALF)
+def http_half(request_id: str, run: str) -> LogRecord:
+    return LogRecord(request_id=request_id, latency_ms=23.0, **HTTP_HALF | {"api_key": f"bench-{run}"})
 
 
 def usage_half(request_id: str) -> LogRecord:
@@ -127,7 +137,7 @@ def usage_half(request_id: str) -> LogRecord:
 def count_rows(url: str, run: str) -> int:
     engine = make_engine(url)
     with engine.connect() as connection:
-        query = select(func.count()).where(Request.request_id.startswith(f"bench-{run}-"))
+        query = select(func.count()).where(Request.api_key == f"bench-{run}")
         count = connection.execute(query).scalar_one()
     engine.dispose()
     return count

@@ -28,6 +28,10 @@ description:
   - Brings the request log tables (C(requests), C(responses)) of the LiteLLM gateway
     to the head revision of the migrations shipped in the C(litellm_pglog) package,
     through C(litellm_pglog.schema) (Alembic, driven programmatically).
+  - Revision 0003 range-partitions both tables by C(created_at) in place (the old tables become
+    the partitions C(requests_legacy) and C(responses_legacy); a DEFAULT partition and daily
+    partitions for the next 7 days are created). Later partitions are created and expired ones
+    dropped by the package's C(litellm-pglog-maintain) command, not by this module.
   - Reports C(changed) only when DDL ran.
   - Returns the SQL statements it executed in RV(queries), like the C(community.postgresql) modules.
   - In check mode it reports the pending revisions and the statements an upgrade would execute,
@@ -72,6 +76,11 @@ notes:
     PostgreSQL, so check mode and a real run return the same list.
   - The migrations run in one transaction under an advisory lock, so two hosts upgrading
     the same database at once apply them once.
+  - Revision 0003 locks C(requests) and C(responses) for its whole transaction (about 4 s
+    for 1 million rows on a 2-core machine): the gateways spool log records meanwhile.
+  - The migrations are static SQL: where a step depends on the data or the date (the
+    partition bounds, the identity after the highest id), a C(DO) block computes it when it
+    runs, so RV(queries) in check mode is exactly what a real run executes.
 seealso:
   - name: Alembic
     description: The migration tool behind litellm_pglog.schema.
@@ -110,18 +119,18 @@ revision:
   description: Revision of the database after the module ran (in check mode, the revision it would have).
   returned: always
   type: str
-  sample: "0002"
+  sample: "0003"
 head:
   description: Head revision of the migrations shipped in the package.
   returned: always
   type: str
-  sample: "0002"
+  sample: "0003"
 pending:
   description: Revisions that were applied (in check mode, that would be applied), oldest first.
   returned: always
   type: list
   elements: str
-  sample: ["0001", "0002"]
+  sample: ["0001", "0002", "0003"]
 queries:
   description:
     - SQL statements executed by the upgrade, in order (in check mode, the statements it would execute).

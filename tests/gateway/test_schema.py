@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -16,7 +17,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from litellm_pglog.db import make_engine
-from litellm_pglog.models import Base, Request, Response
+from litellm_pglog.models import Base, Request, Response, include_name, include_object
 from litellm_pglog.records import LogRecord
 from litellm_pglog.schema import (
     SchemaError,
@@ -157,7 +158,7 @@ def test_upgrade_from_0001_keeps_rows(pg_url):
     result = run_db_init(pg_url)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"db_init: upgraded schema 0001 -> {head_revision()} (applied 0002)\n"
+    assert result.stdout == f"db_init: upgraded schema 0001 -> {head_revision()} (applied 0002, 0003)\n"
     with engine.connect() as connection:
         rows = connection.execute(
             select(Request.request_id, Request.error_message, Response.total_tokens)
@@ -172,7 +173,13 @@ def test_models_match_head_revision(migrated_url):
     engine = make_engine(migrated_url)
     with engine.connect() as connection:
         context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
+            connection,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_name": include_name,
+                "include_object": include_object,
+            },
         )
         differences = compare_metadata(context, Base.metadata)
     engine.dispose()
@@ -180,33 +187,43 @@ def test_models_match_head_revision(migrated_url):
     assert differences == []
 
 
-def test_concurrent_upgrades_apply_once(pg_url):
+def run_concurrently(action: Callable[[], object], times: int = 3) -> list[object]:
+    """What action returned (or raised) in each of several threads started at once."""
     results: list[object] = []
 
-    def upgrade() -> None:
+    def attempt() -> None:
         try:
-            results.append(upgrade_schema(pg_url))
-        except Exception as exc:  # collected for the assertion below
+            results.append(action())
+        except Exception as exc:  # collected for the caller's assertions
             results.append(exc)
 
-    threads = [threading.Thread(target=upgrade) for _ in range(3)]
+    threads = [threading.Thread(target=attempt) for _ in range(times)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    return results
+
+
+def test_concurrent_upgrades_apply_once(pg_url):
+    results = run_concurrently(lambda: upgrade_schema(pg_url))
 
     assert all(not isinstance(result, Exception) for result in results), results
-    assert sorted(len(result.pending) for result in results) == [0, 0, 2]
+    assert sorted(len(result.pending) for result in results) == [0, 0, 3]
 
 
 def test_render_upgrade_sql_is_offline_and_complete():
     head = head_revision()
 
     full = render_upgrade_sql(None, head)
-    step = render_upgrade_sql("0001", head)
+    step = render_upgrade_sql("0001", "0002")
+    partitioning = render_upgrade_sql("0002", head)
 
     assert "CREATE TABLE requests" in full and "CREATE TABLE responses" in full
     assert "CREATE TABLE" not in step and "ALTER TABLE requests ADD COLUMN error_message TEXT" in step
+    # Static SQL, shown exactly as it runs: the dates are computed by the DO block.
+    assert "ATTACH PARTITION" in partitioning and "PARTITION BY RANGE (created_at)" in partitioning
+    assert "%%" not in partitioning
     assert render_upgrade_sql(head, head) == ""
 
 
@@ -311,5 +328,7 @@ def test_runbook_queries_use_the_indexes(logged_requests):
             rows = connection.exec_driver_sql("EXPLAIN " + script.rstrip(";")).scalars().all()
             plans[name] = "\n".join(rows)
 
-    assert "ix_requests_failed_created_at" in plans["4.4"]
-    assert "ix_requests_created_at" in plans["5.1"]
+    # Partitioned: each partition's copy of the index (requests_legacy_failed_created_at_idx,
+    # requests_p20261128_created_at_idx1, ...) is used, or the partition is pruned.
+    assert "Seq Scan" not in plans["4.4"] and "failed_created_at_idx" in plans["4.4"]
+    assert "Seq Scan" not in plans["5.1"] and "created_at_idx" in plans["5.1"]

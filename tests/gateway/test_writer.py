@@ -17,7 +17,7 @@ from litellm_pglog.db import make_engine
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS
 from litellm_pglog.models import Request, Response
 from litellm_pglog.outage import OutageState
-from litellm_pglog.records import LogRecord
+from litellm_pglog.records import LogRecord, new_request_id
 from litellm_pglog.settings import Settings, SettingsError, load_settings
 from litellm_pglog.sink import write_records
 from litellm_pglog.spool import SPOOL_GLOB, encode_line
@@ -218,17 +218,31 @@ def test_replays_of_the_same_record_keep_one_row(make_writer, migrated_url):
     assert_merged(rows["again"])
 
 
-def test_earliest_timestamp_wins(make_writer, migrated_url):
-    writer = make_writer()
+def test_earliest_timestamp_wins_within_a_batch(make_writer, migrated_url):
+    # Ids that are no UUIDv7 (records spooled by older releases) keep their own timestamps.
+    writer = make_writer(flush_interval=3600, batch_size=1000)
     now = datetime.now(UTC)
     writer.submit(LogRecord(request_id="t", created_at=now))
     writer.submit(LogRecord(request_id="t", created_at=now - timedelta(hours=1)))
     assert writer.flush(FLUSH_TIMEOUT)
 
-    writer.submit(LogRecord(request_id="t", created_at=now + timedelta(hours=1)))
+    assert stored(migrated_url)["t"]["created_at"] == now - timedelta(hours=1)
+
+
+def test_uuid7_request_id_decides_the_timestamp(make_writer, migrated_url):
+    # The callback's record has no timestamp and arrives in another batch, before or after.
+    writer = make_writer()
+    request_id, created_at = new_request_id()
+    writer.submit(usage_half(request_id))
+    assert writer.flush(FLUSH_TIMEOUT)
+    writer.submit(LogRecord(request_id=request_id, created_at=created_at - timedelta(hours=1)))
+    writer.submit(http_half(request_id))
     assert writer.flush(FLUSH_TIMEOUT)
 
-    assert stored(migrated_url)["t"]["created_at"] == now - timedelta(hours=1)
+    rows = stored(migrated_url)
+    assert list(rows) == [request_id]
+    assert rows[request_id]["created_at"] == created_at
+    assert_merged(rows[request_id])
 
 
 @pytest.mark.parametrize("same_batch", [True, False], ids=["same-batch", "separate-batches"])

@@ -51,6 +51,8 @@ def usage_record(kwargs: dict[str, Any]) -> LogRecord | None:
         # Pass-through routes log under an id LiteLLM makes up, not the middleware's: a usage
         # record would be a second row. The middleware reads their usage from the answer.
         return None
+    # No created_at: the writer reads it from the middleware's UUIDv7 request id, so both
+    # records of the request carry the same partition key and merge into one row.
     return LogRecord(
         request_id=request_id,
         model=payload.get("model_group") or payload.get("model") or None,

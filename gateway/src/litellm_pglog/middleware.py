@@ -22,8 +22,10 @@ that starts like JSON (``{`` or ``[``), is parsed, for the model and stream flag
 is refused with 400 ``invalid_json``. Multipart uploads (audio, files), form posts and other
 bodies are forwarded untouched.
 
-Request ids: the middleware generates a uuid4 per request and puts it in the request's
-``x-litellm-call-id`` header, which LiteLLM adopts as ``litellm_call_id``. A client-sent
+Request ids: the middleware generates a UUIDv7 per request (its creation time, the log tables'
+partition key, is embedded, so every record of the request lands in the same partition) and
+puts it in the request's ``x-litellm-call-id`` header, which LiteLLM adopts as
+``litellm_call_id``. A client-sent
 value is replaced, because LiteLLM trusts it verbatim and a reused id would merge two
 requests into one log row. The callback in ``callbacks.py`` reports token usage under the
 same id, and the writer merges both halves.
@@ -38,9 +40,7 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -56,7 +56,7 @@ from litellm_pglog.limits import (
     ERROR_MESSAGE_MAX_CHARS,
     WRITER_STOP_TIMEOUT_SECONDS,
 )
-from litellm_pglog.records import LogRecord
+from litellm_pglog.records import LogRecord, new_request_id
 from litellm_pglog.routes import (
     RouteClass,
     RoutePolicy,
@@ -363,9 +363,10 @@ class LoggedExchange:
     ) -> None:
         self.app = app
         self.runtime = runtime
+        request_id, created_at = new_request_id()
         self.record = LogRecord(
-            request_id=str(uuid.uuid4()),
-            created_at=datetime.now(UTC),
+            request_id=request_id,
+            created_at=created_at,
             route=scope["path"],
             method=scope["method"],
         )

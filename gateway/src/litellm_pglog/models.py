@@ -1,4 +1,9 @@
-"""The one definition of the logging schema; the newest Alembic revision matches it."""
+"""The one definition of the logging schema; the newest Alembic revision matches it.
+
+``requests`` and ``responses`` are partitioned by range of ``created_at`` (see partitions.py for
+the partitions themselves, which are not part of this metadata). A unique key of a partitioned
+table must contain the partition key, hence the (…, created_at) keys and the two-column link.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,14 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Double,
-    ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -25,6 +32,7 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+PARTITION_BY = "RANGE (created_at)"
 
 
 class Base(DeclarativeBase):
@@ -36,9 +44,11 @@ class Request(Base):
 
     __tablename__ = "requests"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    request_id: Mapped[str] = mapped_column(String(64))
     route: Mapped[str | None] = mapped_column(String(255))
     method: Mapped[str | None] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(255))
@@ -52,8 +62,12 @@ class Request(Base):
     response: Mapped[Response | None] = relationship(back_populates="request", passive_deletes=True)
 
     __table_args__ = (
+        PrimaryKeyConstraint("id", "created_at"),
+        # The writer's upsert key: one row per request (created_at comes from the request id).
+        UniqueConstraint("request_id", "created_at"),
         # Runbook 4.3 / 5.1: newest first, and "created_at > NOW() - INTERVAL ...".
         Index("ix_requests_created_at", "created_at"),
+        {"postgresql_partition_by": PARTITION_BY},
     )
 
 
@@ -62,9 +76,12 @@ class Response(Base):
 
     __tablename__ = "responses"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    request_id_fk: Mapped[int] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"), unique=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
+    # Always the created_at of its request: the link's second column, and the same partition.
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    request_id_fk: Mapped[int] = mapped_column(BigInteger)
     latency_ms: Mapped[float | None] = mapped_column(Double)
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]
@@ -72,7 +89,19 @@ class Response(Base):
 
     request: Mapped[Request] = relationship(back_populates="response")
 
-    __table_args__ = (Index("ix_responses_created_at", "created_at"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("id", "created_at"),
+        UniqueConstraint("request_id_fk", "created_at"),
+        # Partitions are dropped responses first, then requests detached and dropped: with the
+        # referencing partition gone, the detach's check finds nothing to verify (partitions.py).
+        ForeignKeyConstraint(
+            ["request_id_fk", "created_at"],
+            ["requests.id", "requests.created_at"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_responses_created_at", "created_at"),
+        {"postgresql_partition_by": PARTITION_BY},
+    )
 
 
 # Runbook 4.4: "WHERE status_code != 200 ORDER BY created_at DESC" reads only the failures.
@@ -81,3 +110,16 @@ Index(
     Request.created_at,
     postgresql_where=Request.status_code != 200,
 )
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic autogenerate's filter: the schema's tables, not their partitions (partitions.py's)."""
+    return type_ != "table" or name in Base.metadata.tables or name == "alembic_version"
+
+
+def include_object(item: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic autogenerate's filter: PostgreSQL clones the link once per partition of requests
+    (responses_request_id_fk_created_at_fkey1, ...); only the one to the parent is the schema's."""
+    if type_ != "foreign_key_constraint":
+        return True
+    return getattr(getattr(item, "referred_table", None), "name", None) in Base.metadata.tables

@@ -9,9 +9,43 @@ writer with an upsert, so order of arrival and replays do not matter.
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+UUID7_VERSION = 7
+
+
+def new_request_id(unix_ms: int | None = None) -> tuple[str, datetime]:
+    """A UUIDv7 (RFC 9562) and the creation time it embeds, from one clock reading.
+
+    The time is the partition key of the log tables: every record of one request must carry
+    the same, and a record that knows only the request id (the LiteLLM callback's) recovers
+    it from the id (see ``request_id_time``). Millisecond precision, like the id.
+    """
+    if unix_ms is None:
+        unix_ms = time.time_ns() // 1_000_000
+    # 48 bits of milliseconds, then version, 74 random bits and the RFC 4122 variant.
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80 | random_bits & ~(0xF << 76) & ~(0x3 << 62)
+    value |= UUID7_VERSION << 76 | 0x2 << 62
+    return str(uuid.UUID(int=value)), datetime.fromtimestamp(unix_ms / 1000, UTC)
+
+
+def request_id_time(request_id: str) -> datetime | None:
+    """The creation time a UUIDv7 request id embeds; None for any other id (uuid4, made-up)."""
+    if len(request_id) != 36:  # cheap reject before parsing: ids of other shapes are common
+        return None
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        return None
+    if parsed.version != UUID7_VERSION or parsed.variant != uuid.RFC_4122:
+        return None
+    return datetime.fromtimestamp((parsed.int >> 80) / 1000, UTC)
 
 
 @dataclass(slots=True)

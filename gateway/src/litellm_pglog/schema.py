@@ -10,7 +10,7 @@ import argparse
 import io
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +86,8 @@ def _refuse_unmanaged_tables(connection: Connection) -> None:
 
 
 @contextmanager
-def _connect(url: str) -> Iterator[Connection]:
+def connect(url: str) -> Iterator[Connection]:
+    """An open connection to the URL; every failure is a one-line SchemaError without the password."""
     where = safe_url(url)
     try:
         parsed = make_url(url)
@@ -109,7 +110,7 @@ def _connect(url: str) -> Iterator[Connection]:
 
 def inspect_schema(url: str) -> SchemaStatus:
     """Which revision the database is at and which revisions an upgrade would apply."""
-    with _connect(url) as connection:
+    with connect(url) as connection:
         return _status(connection)
 
 
@@ -119,14 +120,15 @@ def upgrade_schema(url: str) -> SchemaStatus:
     ``pending`` lists the revisions that were applied (empty: nothing changed) and
     ``created_tables`` the tables the upgrade created.
     """
-    with _connect(url) as connection, connection.begin():
+    with connect(url) as connection, connection.begin():
         connection.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
         status = _status(connection)
         if status.pending:
             tables_before = set(inspect(connection).get_table_names())
             command.upgrade(_config(connection), status.head)
             tables_after = set(inspect(connection).get_table_names())
-            status.created_tables = sorted(tables_after - tables_before - {"alembic_version"})
+            # The schema's tables only: their partitions are an implementation detail.
+            status.created_tables = sorted((tables_after - tables_before) & set(Base.metadata.tables))
         return status
 
 
@@ -162,18 +164,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="db_init", description=main.__doc__)
     parser.add_argument("--check", action="store_true", help="only report what an upgrade would do")
     args = parser.parse_args(argv)
+
+    def action(url: str) -> list[str]:
+        return [
+            _describe_check(inspect_schema(url)) if args.check else _describe_upgrade(upgrade_schema(url))
+        ]
+
+    return run_command("db_init", action)
+
+
+def run_command(prog: str, action: Callable[[str], list[str]]) -> int:
+    """A console script's frame: action(LITELLM_DB_URL)'s lines on stdout, exit 0; or exit 1 with
+    one error line on stderr, never a traceback or the password."""
     url = os.environ.get("LITELLM_DB_URL", "").strip()
     if not url:
-        print("db_init: error: LITELLM_DB_URL is not set", file=sys.stderr)
+        print(f"{prog}: error: LITELLM_DB_URL is not set", file=sys.stderr)
         return 1
     try:
-        line = _describe_check(inspect_schema(url)) if args.check else _describe_upgrade(upgrade_schema(url))
+        lines = action(url)
     except SchemaError as exc:
-        print(f"db_init: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # one line for the operator, never a traceback with URL parts
         reason = describe_db_error(exc, url)
-        print(f"db_init: error: {type(exc).__name__}: {reason} ({safe_url(url)})", file=sys.stderr)
+        print(f"{prog}: error: {type(exc).__name__}: {reason} ({safe_url(url)})", file=sys.stderr)
         return 1
-    print(f"db_init: {line}")
+    for line in lines:
+        print(f"{prog}: {line}")
     return 0

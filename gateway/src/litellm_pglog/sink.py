@@ -1,7 +1,8 @@
 """The database side of the writer: records made acceptable, merged and upserted.
 
-Upserts keyed on request_id make replays and split records (HTTP status from the middleware,
-tokens from the LiteLLM callback) converge on one row each, whatever the order of arrival.
+Upserts keyed on (request_id, created_at) make replays and split records (HTTP status from the
+middleware, tokens from the LiteLLM callback) converge on one row each, whatever the order of
+arrival: created_at, the partition key, comes from the UUIDv7 request id (see clean_values).
 A batch is merged in memory first (one row per request_id), then written by one statement.
 """
 
@@ -14,7 +15,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, Text, bindparam, cast, column, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    Text,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.dialects.postgresql import JSON, Insert, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.sql.selectable import CTE
@@ -24,11 +38,13 @@ from litellm_pglog.db import CallDeadline
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS, INT32_MAX
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.models import Request, Response
-from litellm_pglog.records import LogRecord
+from litellm_pglog.records import LogRecord, request_id_time
 
 REQUESTS = Request.__table__
 RESPONSES = Response.__table__
 RESPONSE_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "total_tokens")
+# The text form of a UUIDv7 that records.request_id_time() reads a time from.
+UUID7_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 REQUEST_FIELDS = tuple(
     f.name for f in dataclasses.fields(LogRecord) if f.name not in RESPONSE_FIELDS and f.name in REQUESTS.c
 )
@@ -78,7 +94,16 @@ def _clean_float(value: object) -> float | None:
     return number if math.isfinite(number) else None  # the batch is JSON: no NaN, no infinity
 
 
-def _clean_timestamp(value: object) -> datetime:
+def _clean_timestamp(value: object, request_id: str) -> datetime:
+    """The row's created_at, the tables' partition key and part of their conflict key.
+
+    A UUIDv7 request id (the middleware's) decides it: every record of the request, the
+    callback's without a timestamp included, must agree on it or they would become two rows.
+    Other ids (records spooled by older releases, made-up ids) keep their own time, or now.
+    """
+    embedded = request_id_time(request_id)
+    if embedded is not None:
+        return embedded
     if not isinstance(value, datetime):
         return datetime.now(UTC)
     return value if value.tzinfo is not None else value.astimezone()
@@ -110,7 +135,7 @@ def clean_values(record: LogRecord) -> Row:
     row: Row = {
         name: None if (value := getattr(record, name)) is None else clean(value) for name, clean in CLEANERS
     }
-    row["created_at"] = _clean_timestamp(record.created_at)
+    row["created_at"] = _clean_timestamp(record.created_at, row["request_id"])
     return row
 
 
@@ -126,6 +151,9 @@ def as_row(record: LogRecord) -> Row:
 
 def merge_rows(rows: list[Row]) -> list[Row]:
     """One row per request_id: later non-NULL values win, the earliest timestamp stays.
+
+    (Records of a UUIDv7 request id all carry its embedded time; the earliest-wins rule only
+    matters for other ids, whose records of one batch then still make one row.)
 
     Sorted by request_id so that concurrent writers lock rows in the same order (no deadlocks).
     The rows passed in stay as they are (a refused batch is halved as it came): a request's
@@ -163,7 +191,28 @@ def _batch_rows() -> CTE:
     columns = [column(name, REQUESTS.c[name].type) for name in REQUEST_FIELDS]
     columns += [column(name, RESPONSES.c[name].type) for name in RESPONSE_FIELDS]
     records = func.json_to_recordset(cast(bindparam("batch", type_=Text), JSON)).table_valued(*columns)
-    return select(records.render_derived(name="record", with_types=True)).cte("batch")
+    batch = select(records.render_derived(name="record", with_types=True)).cte("batch")
+    others = [batch.c[name] for name in FIELDS if name != "created_at"]
+    return select(*others, _partition_key(batch).label("created_at")).cte("keyed")
+
+
+def _partition_key(batch: CTE) -> ColumnElement[datetime]:
+    """The created_at a batch row is stored under (the partition key, part of the upsert key).
+
+    A UUIDv7 id fixed it already (clean_values). For other ids (records spooled by older
+    releases, whose two halves carry different times) the row already stored wins, found
+    through each partition's (request_id, created_at) index: without it a later half would
+    become a second row. Only those rare rows pay for the lookup (CASE evaluates it lazily).
+    """
+    stored = (
+        select(REQUESTS.c.created_at)
+        .where(REQUESTS.c.request_id == batch.c.request_id)
+        .order_by(REQUESTS.c.created_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+    is_uuid7 = batch.c.request_id.op("~")(literal_column(f"'{UUID7_PATTERN}'"))
+    return case((is_uuid7, batch.c.created_at), else_=func.coalesce(stored, batch.c.created_at))
 
 
 def _upsert_requests(batch: CTE) -> CTE:
@@ -173,8 +222,11 @@ def _upsert_requests(batch: CTE) -> CTE:
         for name in REQUEST_FIELDS
         if name not in ("request_id", "created_at")
     }
-    merged["created_at"] = func.least(REQUESTS.c.created_at, statement.excluded.created_at)
-    upsert = statement.on_conflict_do_update(index_elements=[REQUESTS.c.request_id], set_=merged)
+    # created_at is the partition key: part of the conflict key, so never updated (a row cannot
+    # change partition in an upsert). Records agree on it through the UUIDv7 request id.
+    upsert = statement.on_conflict_do_update(
+        index_elements=[REQUESTS.c.request_id, REQUESTS.c.created_at], set_=merged
+    )
     return upsert.returning(REQUESTS.c.id, REQUESTS.c.request_id).cte("upserted")
 
 
@@ -185,7 +237,9 @@ def _upsert_batch() -> Insert:
     rows = rows.join_from(upserted, batch, upserted.c.request_id == batch.c.request_id)
     statement = insert(RESPONSES).from_select(["request_id_fk", "created_at", *RESPONSE_FIELDS], rows)
     merged = {name: func.coalesce(statement.excluded[name], RESPONSES.c[name]) for name in RESPONSE_FIELDS}
-    return statement.on_conflict_do_update(index_elements=[RESPONSES.c.request_id_fk], set_=merged)
+    return statement.on_conflict_do_update(
+        index_elements=[RESPONSES.c.request_id_fk, RESPONSES.c.created_at], set_=merged
+    )
 
 
 UPSERT_BATCH = _upsert_batch()

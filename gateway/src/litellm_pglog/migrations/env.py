@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from litellm_pglog.models import Base
+from litellm_pglog.models import Base, include_name, include_object
 
 target_metadata = Base.metadata
 
@@ -17,7 +17,12 @@ def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:
         raise RuntimeError("run migrations through litellm_pglog.schema, which provides the connection")
-    context.configure(connection=connection, target_metadata=target_metadata)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        include_name=include_name,
+        include_object=include_object,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
