@@ -1,18 +1,17 @@
 -- Runbook Part 7 ("Database Maintenance"), as tables: run by playbooks/maintenance.yml with
 -- psql on the database host (read-only; :days is how many days of row counts to show).
 \pset footer off
-\echo '== Partitions of requests and responses: range, rows (estimate), table and index size'
-SELECT tree.parentrelid::regclass AS "table",
-       tree.relid::regclass AS partition,
-       coalesce(pg_get_expr(class.relpartbound, class.oid), '') AS "range",
-       greatest(class.reltuples, 0)::bigint AS rows_estimate,
-       pg_size_pretty(pg_relation_size(tree.relid)) AS table_size,
-       pg_size_pretty(pg_indexes_size(tree.relid)) AS index_size,
-       pg_size_pretty(pg_total_relation_size(tree.relid)) AS total_size
+\echo '== Partitions: range (UTC), rows (estimate), table and index size'
+SELECT tree.relid::regclass AS partition,
+       replace(replace(regexp_replace(pg_get_expr(class.relpartbound, class.oid),
+               'FOR VALUES FROM \((.*)\) TO \((.*)\)', '\1 .. \2'), '''', ''), ' 00:00:00+00', '') AS "range",
+       greatest(class.reltuples, 0)::bigint AS "rows~",
+       pg_size_pretty(pg_relation_size(tree.relid)) AS "table",
+       pg_size_pretty(pg_indexes_size(tree.relid)) AS indexes
   FROM (SELECT * FROM pg_partition_tree('requests') UNION ALL SELECT * FROM pg_partition_tree('responses')) AS tree
   JOIN pg_class AS class ON class.oid = tree.relid
  WHERE tree.isleaf
- ORDER BY 1, 2;
+ ORDER BY tree.relid::regclass::text;
 
 \echo '== Oldest and newest partition (by lower bound; the default partition excluded)'
 SELECT tree.parentrelid::regclass AS "table",
