@@ -108,7 +108,7 @@ def logged_rows(call_ids: list[str], timeout: float = 30.0) -> dict[str, dict]:
         " count(r.id), (SELECT count(*) FROM requests d"
         " WHERE d.request_id = req.request_id) FROM requests req"
         " LEFT JOIN responses r ON r.request_id_fk = req.id"
-        f" WHERE req.request_id IN ({quoted}) GROUP BY req.id"
+        f" WHERE req.request_id IN ({quoted}) GROUP BY req.id, req.created_at"
     )
     deadline = time.monotonic() + timeout
     while True:
