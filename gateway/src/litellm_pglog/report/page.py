@@ -23,6 +23,7 @@ SECOND_COLOUR = "#dd8452"
 # The browser refuses any fetch and any script: the page is what the file holds.
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
 MAX_BARS = 20  # the busiest keys/models; the tables list them all
+TICK_LABEL_CHARS = 32  # longer names are cut on the charts (the tables show them whole)
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -91,14 +92,21 @@ def _hourly_chart(usage: Usage) -> Callable[[Any], None]:
     return draw
 
 
+def _tick_label(name: str) -> str:
+    """A model or alias is client-chosen text: a long one would squeeze the plot to nothing."""
+    return name if len(name) <= TICK_LABEL_CHARS else name[: TICK_LABEL_CHARS - 1] + "\u2026"
+
+
 def _requests_chart(groups: Sequence[GroupUsage], title: str) -> Callable[[Any], None]:
     shown = list(groups[:MAX_BARS])[::-1]  # busiest on top
 
     def draw(axes: Any) -> None:
-        names = [group.name for group in shown]
+        # Positions, not names, on the axis: two names cut to the same label stay two bars.
+        positions = list(range(len(shown)))
         ok = [group.requests - group.errors for group in shown]
-        axes.barh(names, ok, color=OK_COLOUR, label="ok")
-        axes.barh(names, [group.errors for group in shown], left=ok, color=ERROR_COLOUR, label="error")
+        axes.barh(positions, ok, color=OK_COLOUR, label="ok")
+        axes.barh(positions, [group.errors for group in shown], left=ok, color=ERROR_COLOUR, label="error")
+        axes.set_yticks(positions, [_tick_label(group.name) for group in shown])
         axes.set_title(title)
         axes.legend()
 
@@ -120,7 +128,7 @@ def _paired_chart(
             axes.barh(
                 [p + offset for p in positions], [value(g) for g in shown], height, label=label, color=colour
             )
-        axes.set_yticks(list(positions), [group.name for group in shown])
+        axes.set_yticks(list(positions), [_tick_label(group.name) for group in shown])
         axes.set_title(title)
         axes.legend()
 
