@@ -13,6 +13,7 @@ CA tasks run once per play, as in production). The runs, in order:
    ``short``, ``wrongca`` and ``sans`` re-issued.
 4. ``--check`` again: the converged hosts report changed=0; ``late`` (never converged) reports
    changes without failing and without files.
+5. a wrong CA passphrase: the play stops, the CA key is not replaced.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PLAYBOOK = HERE / "pki.yml"
 PASSPHRASE = "lab-ca-passphrase-for-tests"
 TIMEOUT_SECONDS = 240
 CONVERGED = ["fresh", "short", "wrongca", "sans", "provided"]
+CHECKED = ["fresh", "provided"]  # one issued, one provided: enough for check mode, and fast
 
 
 def _now() -> datetime.datetime:
@@ -99,6 +101,7 @@ class Deployment:
         self.op_key = ec.generate_private_key(ec.SECP256R1())
         self.op_cert = _leaf(op_ca_key, self.op_ca, self.op_key.public_key(), ["provided.example.test"])
         self.extra_sans: list[str] = []
+        self.passphrase = PASSPHRASE
 
     def pki_dir(self, host: str) -> Path:
         return self.base / "hosts" / host
@@ -109,7 +112,7 @@ class Deployment:
             "ansible_connection": "local",
             "ansible_python_interpreter": sys.executable,
             "pki_ca_dir": str(self.ca_dir),
-            "pki_ca_passphrase": PASSPHRASE,
+            "pki_ca_passphrase": self.passphrase,
             "pki_certificate_name": "service",
             "pki_packages": [],
             "pki_certificate_owner": str(me),
@@ -215,14 +218,17 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     d = Deployment(tmp_path_factory.mktemp("pki"))
-    d.run("check-fresh", CONVERGED, check=True)
+    d.run("check-fresh", CHECKED, check=True)
     d.written_by_check = [p for p in [d.ca_dir, *map(d.pki_dir, CONVERGED)] if p.exists()]
     d.run("converge-1", [*CONVERGED, "mismatch"])
     d.before = {host: d.certificate(host) for host in ["fresh", "short", "sans"]}
     d.foreign = d.plant_foreign_certificate("wrongca")
     d.extra_sans.append("DNS:db.example.test")
     d.run("converge-2", CONVERGED)
-    d.run("check-converged", [*CONVERGED, "late"], check=True)
+    d.run("check-converged", [*CHECKED, "short", "late"], check=True)
+    d.ca_key_before = (d.ca_dir / "ca.key").read_bytes()
+    d.passphrase = "not-the-passphrase"
+    d.run("wrong-passphrase", ["fresh"])
     print("ansible-playbook seconds:", d.seconds)
     return d
 
@@ -230,7 +236,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
 def test_check_mode_on_fresh_control_node_and_hosts(deployment: Deployment) -> None:
     run = deployment.runs["check-fresh"]
     assert run["returncode"] == 0, run["text"][-6000:]
-    for host in CONVERGED:
+    for host in CHECKED:
         assert deployment.stats("check-fresh", host)["changed"] > 0, host
         assert deployment.stats("check-fresh", host)["failures"] == 0, host
     assert deployment.written_by_check == [], "check mode wrote files"
@@ -345,7 +351,7 @@ def test_changed_names_are_reissued(deployment: Deployment) -> None:
 def test_check_mode_on_converged_and_fresh_hosts(deployment: Deployment) -> None:
     run = deployment.runs["check-converged"]
     assert run["returncode"] == 0, run["text"][-6000:]
-    for host in CONVERGED:
+    for host in [*CHECKED, "short"]:
         assert deployment.stats("check-converged", host)["changed"] == 0, host
     assert deployment.stats("check-converged", "late")["changed"] > 0
     assert deployment.stats("check-converged", "late")["failures"] == 0
@@ -374,3 +380,12 @@ def test_mismatched_provided_key_is_refused(deployment: Deployment) -> None:
     )
     assert not (deployment.pki_dir("mismatch") / "service.key").exists()
     assert not (deployment.pki_dir("mismatch") / "service.crt").exists()
+
+
+def test_wrong_ca_passphrase_stops_and_keeps_the_ca_key(deployment: Deployment) -> None:
+    assert deployment.runs["wrong-passphrase"]["returncode"] != 0
+    messages = deployment.failures("wrong-passphrase", "fresh")
+    assert any("another passphrase" in m for m in messages), messages
+    assert (deployment.ca_dir / "ca.key").read_bytes() == deployment.ca_key_before
+    assert deployment.certificate("fresh") == deployment.before["fresh"]
+    assert "not-the-passphrase" not in deployment.runs["wrong-passphrase"]["text"]
