@@ -22,9 +22,11 @@ import datetime
 import json
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -389,3 +391,45 @@ def test_wrong_ca_passphrase_stops_and_keeps_the_ca_key(deployment: Deployment) 
     assert (deployment.ca_dir / "ca.key").read_bytes() == deployment.ca_key_before
     assert deployment.certificate("fresh") == deployment.before["fresh"]
     assert "not-the-passphrase" not in deployment.runs["wrong-passphrase"]["text"]
+
+
+def test_tls_handshake_verifies_name_and_ca(deployment: Deployment) -> None:
+    """Python's ssl (what uvicorn uses) serves the issued pair; a client with ca.crt verifies it."""
+    pki_dir = deployment.pki_dir("fresh")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(pki_dir / "service.crt", pki_dir / "service.key")
+    client_context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with server_context.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"ok")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(listener.getsockname(), timeout=10) as raw,
+            client_context.wrap_socket(raw, server_hostname="fresh") as tls,
+        ):
+            assert tls.recv(2) == b"ok"
+        thread.join(timeout=10)
+
+    other = ssl.create_default_context()  # the system CAs only: must not trust the deployment CA
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve_refused() -> None:
+            conn, _ = listener.accept()
+            try:
+                server_context.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+        thread = threading.Thread(target=serve_refused, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(listener.getsockname(), timeout=10) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            other.wrap_socket(raw, server_hostname="fresh")
+        thread.join(timeout=10)
