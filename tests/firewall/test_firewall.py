@@ -157,9 +157,11 @@ def test_a_broken_rule_is_refused_before_installation() -> None:
     broken = [{"port": 5432, "sources": ["192.168.77.300"], "comment": "not an address"}]
     result = playbook(extra_vars={"firewall_allowed": broken})
     assert result.returncode != 0
-    assert "failed to validate" in result.stdout
-    assert "192.168.77.300" in result.stdout
-    assert "Render the candidate rule set" in result.stdout
+    output = result.stdout + result.stderr
+    failed_task = output[: output.index("fatal:")].rsplit("TASK [", 1)[1]
+    assert failed_task.startswith("firewall : Render the candidate rule set")
+    assert "validate" in output
+    assert "192.168.77.300" in output
     assert live_table() == before
     assert run_on(SERVER, "cat", CANDIDATE).stdout == candidate
     assert connect(ALLOWED, SERVER_ADDRESS, 5432) == "open"
