@@ -77,8 +77,8 @@ notes:
   - The migrations run in one transaction under an advisory lock, so two hosts upgrading
     the same database at once apply them once.
   - Revision 0003 locks C(requests) and C(responses) for its whole transaction (about 4 s
-    for 1 million rows on a 2-core machine): the gateways spool log records meanwhile.
-  - The migrations are static SQL: where a step depends on the data or the date (the
+    for 1 million rows on a 2-core machine); the gateways spool log records meanwhile.
+  - The migrations are static SQL. Where a step depends on the data or the date (the
     partition bounds, the identity after the highest id), a C(DO) block computes it when it
     runs, so RV(queries) in check mode is exactly what a real run executes.
 seealso:
