@@ -96,13 +96,14 @@ ensure_lab_prerequisites() {
 }
 
 # .lab/lab.env: where the deployed lab answers, in shell syntax, for people and for every lab
-# script (benchmarks/lab/labctl.py reads it). LAB_CA_FILE stays empty while the lab has no TLS.
+# script (benchmarks/lab/labctl.py reads it). LAB_CA_FILE is the deployment CA (roles/pki) that
+# clients verify the gateway's HTTPS certificate with.
 write_lab_env() {
   local env_file="$LITELLM_LAB_DIR/lab.env"
   cat > "$env_file.tmp" <<ENV
 # Written by scripts/lab-deploy and scripts/test; source it: . .lab/lab.env
-LAB_GATEWAY_URL=http://192.168.10.18:4000
-LAB_CA_FILE=
+LAB_GATEWAY_URL=https://192.168.10.18:4000
+LAB_CA_FILE=$LITELLM_LAB_DIR/pki/ca.crt
 LAB_SECRETS_DIR=$LITELLM_LAB_DIR/secrets
 LAB_NETWORK=litellm-lab
 LAB_GATEWAY_HOST=hx-litellm-server

@@ -105,7 +105,13 @@ class Scenario:
 
     def __init__(self, concurrency: int, total: int | None = None) -> None:
         self.generator = LoadGenerator(
-            lab.GATEWAY_URL, lab.test_key(), lab.chat_payload(), concurrency, total=total, phase="before"
+            lab.GATEWAY_URL,
+            lab.test_key(),
+            lab.chat_payload(),
+            concurrency,
+            total=total,
+            phase="before",
+            verify=lab.TLS_VERIFY,
         )
         self.events: list[tuple[float, str]] = []
 

@@ -36,12 +36,15 @@ LAB_ENV = read_lab_env()
 LAB_SECRETS = Path(LAB_ENV.get("LAB_SECRETS_DIR") or REPO / ".lab" / "secrets")
 GATEWAY_HOST = LAB_ENV.get("LAB_GATEWAY_HOST", "hx-litellm-server")
 POSTGRES_HOST = LAB_ENV.get("LAB_POSTGRES_HOST", "hx-postgres-server")
-GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_URL", "http://192.168.10.18:4000")
+GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_URL", "https://192.168.10.18:4000")
+# The deployment CA that verifies the gateway's certificate (httpx's verify=; True: system CAs).
+CA_FILE = LAB_ENV.get("LAB_CA_FILE") or None
+TLS_VERIFY: str | bool = CA_FILE or True
 GATEWAY_ADDRESS = urlsplit(GATEWAY_URL).hostname or "192.168.10.18"
 METRICS_URL = LAB_ENV.get("LAB_METRICS_URL", f"http://{GATEWAY_ADDRESS}:9464/metrics")
 METRICS_TOKEN_FILE = Path(LAB_ENV.get("LAB_METRICS_TOKEN_FILE") or LAB_SECRETS / "metrics_token")
 LAB_NETWORK = LAB_ENV.get("LAB_NETWORK", "litellm-lab")
-LAB_ADDRESSES = ("192.168.10.18", "192.168.10.19", "192.168.10.20")
+LAB_ADDRESSES = ("192.168.10.18", "192.168.10.19", "192.168.10.20", "192.168.10.21")
 SERVICE = "litellm-gateway"
 POSTGRES_UNIT = "postgresql@17-main"
 DATABASE = "litellm_db"
@@ -138,7 +141,9 @@ def lab_key(name: str) -> str:
 def chat_status(key: str, timeout: float = 30) -> int:
     """Status of one runbook chat request with this key."""
     headers = {"Authorization": f"Bearer {key}"}
-    answer = httpx.post(f"{GATEWAY_URL}{CHAT_PATH}", json=chat_payload(), headers=headers, timeout=timeout)
+    answer = httpx.post(
+        f"{GATEWAY_URL}{CHAT_PATH}", json=chat_payload(), headers=headers, timeout=timeout, verify=TLS_VERIFY
+    )
     return answer.status_code
 
 
@@ -342,7 +347,7 @@ def wait_healthy(timeout: float = HEALTH_TIMEOUT_SECONDS) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
-            if httpx.get(f"{GATEWAY_URL}/health/liveliness", timeout=2).status_code == 200:
+            if httpx.get(f"{GATEWAY_URL}/health/liveliness", timeout=2, verify=TLS_VERIFY).status_code == 200:
                 return time.monotonic() - started
         except httpx.TransportError:
             pass

@@ -37,6 +37,7 @@ class LoadGenerator:
     total: int | None = None
     keepalive: bool = True
     phase: str = "load"
+    verify: str | bool = True  # httpx's verify=: the CA file of the gateway's certificate
     samples: list[Sample] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: int = 0
@@ -46,7 +47,7 @@ class LoadGenerator:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=keepalive)
         headers = {"Authorization": f"Bearer {self.key}"}
         async with httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, limits=limits, timeout=60
+            base_url=self.base_url, headers=headers, limits=limits, timeout=60, verify=self.verify
         ) as client:
             await asyncio.gather(*(self._worker(client) for _ in range(self.concurrency)))
         return self.samples

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -329,3 +330,19 @@ def test_master_key_keeps_litellm_behaviour_on_admin_routes(gateway, logged):
     assert response.status_code == 200
     request_id = response.headers["x-litellm-call-id"]
     assert logged.wait_for([request_id])[request_id]["api_key"] == "master"
+
+
+def test_refused_keys_are_logged_with_the_client_address_and_never_the_key(gateway):
+    unknown = "sk-refused-key-" + "x" * 20
+    assert (
+        send(gateway, Call("POST", "/v1/chat/completions", 401, key=unknown, json=chat_body())).status_code
+        == 401
+    )
+    assert send(gateway, Call("POST", "/key/generate", 403, json={})).status_code == 403
+    deadline = time.monotonic() + 10
+    while "refused key TEST_KEY" not in gateway.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = gateway.log_text()
+    assert "refused unknown key from 127.0.0.1: POST '/v1/chat/completions' -> 401" in log
+    assert "refused key TEST_KEY from 127.0.0.1: POST '/key/generate' -> 403" in log
+    assert unknown not in log and gateway.keys.test_key not in log

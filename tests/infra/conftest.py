@@ -35,9 +35,10 @@ GATEWAY_PYTHON = "/opt/litellm/venv/bin/python"
 _PSYCOPG_PROBE = """
 import sys, psycopg2
 password = sys.stdin.readline().rstrip("\\n")
-host, dbname, user, *statements = sys.argv[1:]
+host, dbname, user, sslmode, rootcert, *statements = sys.argv[1:]
 try:
-    conn = psycopg2.connect(host=host, dbname=dbname, user=user, password=password, connect_timeout=5)
+    conn = psycopg2.connect(host=host, dbname=dbname, user=user, password=password, connect_timeout=5,
+                            sslmode=sslmode, sslrootcert=rootcert)
 except psycopg2.OperationalError as exc:
     print(str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed")
     sys.exit(3)
@@ -132,11 +133,19 @@ def logged_rows(call_ids: list[str], timeout: float = 30.0) -> dict[str, dict]:
         time.sleep(0.5)
 
 
-def sql_from_gateway(password: Secret, *statements: str) -> subprocess.CompletedProcess[str]:
-    """Run statements as litellm_user over TCP from the gateway host, with the venv's psycopg2."""
+GATEWAY_CA_FILE = "/etc/ssl/litellm/ca.crt"
+
+
+def sql_from_gateway(
+    password: Secret, *statements: str, sslmode: str = "verify-full", rootcert: str = GATEWAY_CA_FILE
+) -> subprocess.CompletedProcess[str]:
+    """Run statements as litellm_user over TCP from the gateway host, with the venv's psycopg2
+    (by default as the gateway connects: TLS, the server's certificate checked against the CA).
+    """
+    argv = [POSTGRES_ADDRESS, DATABASE, DB_USER, sslmode, rootcert, *statements]
     return docker_exec(
         GATEWAY_HOST,
-        [GATEWAY_PYTHON, "-c", _PSYCOPG_PROBE, POSTGRES_ADDRESS, DATABASE, DB_USER, *statements],
+        [GATEWAY_PYTHON, "-c", _PSYCOPG_PROBE, *argv],
         stdin=password + "\n",
     )
 
@@ -244,13 +253,20 @@ def world_readable_files_with_secrets(container: str, secrets: dict[str, Secret]
 # -- requests from a client host ------------------------------------------------------------
 
 LAB_CLIENT = (Path(__file__).with_name("lab_client.py")).read_text()
-GATEWAY_URL = f"http://{GATEWAY_ADDRESS}:4000"
+GATEWAY_URL = f"https://{GATEWAY_ADDRESS}:4000"
+# The deployment CA (roles/pki) that the lab's clients trust.
+CA_FILE = LAB_DIR / "pki" / "ca.crt"
 
 
 def lab_requests(
-    requests: list[dict], parallel: int = 1, base: str = GATEWAY_URL, timeout: float = 120
+    requests: list[dict],
+    parallel: int = 1,
+    base: str = GATEWAY_URL,
+    timeout: float = 120,
+    client: str = UPSTREAM_HOST,
 ) -> list[dict]:
-    """Send requests from the llm-upstream host (a client of the gateway), ``parallel`` at a time.
+    """Send requests from a lab host (default llm-upstream, a client of the gateway), ``parallel``
+    at a time; HTTPS is verified against the deployment CA.
 
     A request's "key" names a lab secret (test_key, poc_validation_key, master_key, metrics_token)
     or is sent literally; every key travels on stdin. Returns one answer per request, in order.
@@ -258,7 +274,9 @@ def lab_requests(
     names = {spec["key"] for spec in requests if spec.get("key")}
     known = {name: _full_key(name) for name in names if (LAB_DIR / "secrets" / name).exists()}
     batch = {"base": base, "parallel": parallel, "timeout": timeout, "keys": known, "requests": requests}
-    result = docker_exec(UPSTREAM_HOST, ["python3", "-c", LAB_CLIENT], stdin=json.dumps(batch))
+    if base.startswith("https:"):
+        batch["ca"] = CA_FILE.read_text()
+    result = docker_exec(client, ["python3", "-c", LAB_CLIENT], stdin=json.dumps(batch))
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 

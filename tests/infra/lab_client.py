@@ -2,7 +2,7 @@
 
 Reads one JSON document on stdin, so keys never appear in a command line::
 
-    {"base": "http://192.168.10.18:4000", "parallel": 4,
+    {"base": "https://192.168.10.18:4000", "parallel": 4, "ca": "<PEM of the CA>",
      "keys": {"TEST_KEY": "..."},
      "requests": [{"method": "POST", "path": "/v1/chat/completions", "key": "TEST_KEY",
                    "json": {...}} ...]}
@@ -16,6 +16,7 @@ run this file's text with ``python3 -c`` on the client host.
 """
 
 import json
+import ssl
 import sys
 import time
 import urllib.error
@@ -55,10 +56,10 @@ def build(spec, base, keys):
     return urllib.request.Request(base + spec["path"], data=data, headers=headers, method=spec["method"])
 
 
-def send(spec, base, keys, timeout):
+def send(spec, base, keys, timeout, context=None):
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(build(spec, base, keys), timeout=timeout) as answer:
+        with urllib.request.urlopen(build(spec, base, keys), timeout=timeout, context=context) as answer:
             status, headers, body = answer.status, answer.headers, answer.read()
     except urllib.error.HTTPError as error:
         status, headers, body = error.code, error.headers, error.read()
@@ -75,8 +76,10 @@ def send(spec, base, keys, timeout):
 def main():
     batch = json.loads(sys.stdin.read())
     base, keys, timeout = batch["base"], batch.get("keys", {}), batch.get("timeout", 120)
+    # HTTPS: verified against the CA given (the deployment CA), host name included.
+    context = ssl.create_default_context(cadata=batch["ca"]) if batch.get("ca") else None
     with ThreadPoolExecutor(max_workers=batch.get("parallel", 1)) as pool:
-        results = list(pool.map(lambda spec: send(spec, base, keys, timeout), batch["requests"]))
+        results = list(pool.map(lambda spec: send(spec, base, keys, timeout, context), batch["requests"]))
     print(json.dumps(results))
 
 

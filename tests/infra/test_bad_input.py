@@ -11,9 +11,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import GATEWAY_ADDRESS, UPSTREAM_HOST, docker_exec, lab_secret, logged_rows, sql_as_postgres
+from conftest import (
+    CA_FILE,
+    GATEWAY_ADDRESS,
+    UPSTREAM_HOST,
+    docker_exec,
+    lab_secret,
+    logged_rows,
+    sql_as_postgres,
+)
 
-TARGET = [GATEWAY_ADDRESS, "4000", "/v1/chat/completions"]
+TARGET = [GATEWAY_ADDRESS, "4000", "/v1/chat/completions"]  # HTTPS, verified with the lab's CA
 MODEL = "gpt-4o-mini"
 HOSTILE_TEXT = "Grüße 🚀 ∑ 日本語 ' OR '1'='1'; DROP TABLE requests; -- \" \\ %s $1 \u0000 <script>"
 # What the writer stores for it: PostgreSQL text cannot hold NUL, the writer replaces it by U+FFFD.
@@ -31,14 +39,15 @@ except json.JSONDecodeError as exc:
 # A gateway that refuses an oversized body answers before reading it and closes the connection,
 # so a failed write is followed by reading the answer anyway (as curl and httpx do).
 _RAW_CLIENT = """
-import http.client, json, sys
+import http.client, json, ssl, sys
 spec = json.load(sys.stdin)
 body = spec["body"].encode()
 if spec.get("pad_to"):
     body = json.dumps({"model": "gpt-4o-mini", "messages": [
         {"role": "user", "content": "x" * spec["pad_to"]}]}).encode()
 host, port, path = sys.argv[1:4]
-connection = http.client.HTTPConnection(host, int(port), timeout=120)
+context = ssl.create_default_context(cadata=spec["ca"])
+connection = http.client.HTTPSConnection(host, int(port), timeout=120, context=context)
 connection.putrequest("POST", path)
 for name, value in {**spec["headers"], "Content-Length": str(len(body))}.items():
     connection.putheader(name, value)
@@ -111,7 +120,7 @@ def send(headers: dict[str, str], key: str | None, body: str, pad_to: int) -> di
     if key is not None:
         secret = lab_secret("test_key") if key == "TEST_KEY" else key
         headers = headers | {"Authorization": f"Bearer {secret}"}
-    spec = json.dumps({"headers": headers, "body": body, "pad_to": pad_to})
+    spec = json.dumps({"headers": headers, "body": body, "pad_to": pad_to, "ca": CA_FILE.read_text()})
     result = docker_exec(UPSTREAM_HOST, ["python3", "-c", _RAW_CLIENT, *TARGET], stdin=spec)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

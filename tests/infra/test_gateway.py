@@ -89,7 +89,8 @@ def test_listens_on_port_4000(gateway_host):
 
 def test_liveliness_answers_200(gateway_host):
     status = gateway_host.check_output(
-        f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{PORT}/health/liveliness"
+        f"curl -s --cacert /etc/ssl/litellm/ca.crt -o /dev/null -w '%{{http_code}}'"
+        f" https://127.0.0.1:{PORT}/health/liveliness"
     )
     assert status == "200"
 

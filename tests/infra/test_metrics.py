@@ -1,7 +1,8 @@
 """Metrics: only the monitoring path reads them, all workers summed, no key material in labels.
 
-Scrapes go from the llm-upstream host (a client network in the lab) to the exporter's
-listener on the gateway's lab address, port 9464, with and without the scrape token.
+Scrapes go from the monitoring host (the only host besides the admins' that the firewall lets
+reach port 9464) to the exporter's listener on the gateway's lab address, with and without the
+scrape token; /metrics on the API port is asked from llm-upstream, a client.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import GATEWAY_ADDRESS, lab_requests
+from conftest import GATEWAY_ADDRESS, GATEWAY_URL, MONITORING_HOST, UPSTREAM_HOST, lab_requests
 from prometheus_client.parser import text_string_to_metric_families
 
 EXPORTER_URL = f"http://{GATEWAY_ADDRESS}:9464"
@@ -19,8 +20,15 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "metric
 CHAT_REQUEST = {"method": "POST", "path": "/v1/chat/completions", "key": "test_key", "json": CHAT}
 
 
-def scrape(key: str | None = "metrics_token", path: str = "/metrics", base: str = EXPORTER_URL) -> dict:
-    return lab_requests([{"method": "GET", "path": path, "key": key, "full": True}], base=base)[0]
+def scrape(
+    key: str | None = "metrics_token",
+    path: str = "/metrics",
+    base: str = EXPORTER_URL,
+    client: str = MONITORING_HOST,
+) -> dict:
+    """From the monitoring host by default: the firewall lets only it (and admins) reach 9464."""
+    request = {"method": "GET", "path": path, "key": key, "full": True}
+    return lab_requests([request], base=base, client=client)[0]
 
 
 def counters(text: str) -> dict[tuple, float]:
@@ -86,6 +94,6 @@ def test_the_exporter_refuses_anyone_without_the_scrape_token(key):
 
 @pytest.mark.parametrize("key", [None, "test_key"])
 def test_the_api_port_serves_no_metrics(key):
-    answer = scrape(key, base=f"http://{GATEWAY_ADDRESS}:4000")
+    answer = scrape(key, base=GATEWAY_URL, client=UPSTREAM_HOST)
     assert answer["status"] == 404
     assert "pglog_" not in answer["body"]

@@ -9,7 +9,6 @@ from conftest import (
     DB_USER,
     GATEWAY_ADDRESS,
     GATEWAY_HOST,
-    UPSTREAM_HOST,
     Secret,
     sql_as_postgres,
     sql_from_gateway,
@@ -73,7 +72,7 @@ def test_pg_hba_allows_exactly_the_gateway_host(pg_host):
         for line in pg_host.file("/etc/postgresql/17/main/pg_hba.conf").content_string.splitlines()
         if DB_USER in line and not line.lstrip().startswith("#")
     ]
-    assert rules == [f"host {DATABASE} {DB_USER} {GATEWAY_ADDRESS}/32 scram-sha-256"]
+    assert rules == [f"hostssl {DATABASE} {DB_USER} {GATEWAY_ADDRESS}/32 scram-sha-256"]
 
 
 def test_gateway_logs_in_and_creates_a_table_in_public(db_password):
@@ -95,12 +94,15 @@ def test_gateway_with_a_wrong_password_is_refused(db_password):
     assert "password authentication failed" in result.stdout
 
 
-def test_gateway_is_asked_to_authenticate_with_scram():
-    answer = startup_probe(GATEWAY_HOST)
-    assert answer.startswith("R"), answer  # AuthenticationSASL: the hba rule matched
-
-
-def test_host_outside_pg_hba_is_refused():
-    answer = startup_probe(UPSTREAM_HOST)
+def test_a_plaintext_connection_from_the_gateway_is_refused():
+    answer = startup_probe(GATEWAY_HOST)  # a StartupMessage without SSLRequest
     assert answer.startswith("E"), answer
-    assert "no pg_hba.conf entry" in answer
+    assert "no pg_hba.conf entry" in answer and "no encryption" in answer
+
+
+def test_the_gateway_is_asked_for_scram_over_tls(db_password):
+    result = sql_from_gateway(
+        db_password, "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "True|TLSv1.3"

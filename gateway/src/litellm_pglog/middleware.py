@@ -419,7 +419,10 @@ class LoggedExchange:
             return None
         self.record.api_key = identity.alias if identity else INVALID_KEY_ALIAS
         self.record.user_id = identity.user_id if identity else None
-        return caller_refusal(scope["path"], identity)
+        refusal = caller_refusal(scope["path"], identity)
+        if refusal is not None:
+            _log_refused_key(scope, refusal, identity)
+        return refusal
 
     async def _read_request(self, receive: Receive, send: Send) -> bytes | None:
         """The whole request body, or None when it was answered here (413, 400) or abandoned."""
@@ -546,6 +549,22 @@ def _observe(observer: ResponseObserver, message: Message) -> None:
             observer.on_body(message)
     except Exception:
         logger.warning("litellm_pglog: could not inspect a response message", exc_info=True)
+
+
+def _log_refused_key(scope: Scope, refusal: Refusal, identity: Identity | None) -> None:
+    """The audit line of a refused key (the journal adds the time): who tried what, from where.
+    Never the key: an unknown one is "unknown key", a known one its alias.
+    """
+    client = scope.get("client") or ("-", 0)
+    who = f"key {identity.alias}" if identity else "unknown key"
+    logger.warning(
+        "litellm_pglog: refused %s from %s: %s %r -> %d",
+        who,
+        client[0],
+        scope["method"],
+        scope["path"],
+        refusal.status,
+    )
 
 
 def _with_call_id(scope: Scope, request_id: str) -> Scope:
