@@ -15,6 +15,7 @@ from conftest import (
     GATEWAY_ADDRESS,
     UPSTREAM_HOST,
     docker_exec,
+    lab_requests,
     logged_rows,
     secrets_in,
     sql_as_postgres,
@@ -25,32 +26,16 @@ PORT = 4000
 MODEL = "gpt-4o-mini"
 MAX_EXPOSURE = 3.0
 
-# One HTTP request with the standard library; the bearer key (if any) arrives on stdin.
-# Prints the status and the x-litellm-call-id header as JSON.
-_CLIENT = """
-import json, sys, urllib.error, urllib.request
-url, model = sys.argv[1:3]
-key = sys.stdin.readline().rstrip("\\n")
-body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello from testinfra"}],
-                   "max_tokens": 20}).encode()
-headers = {"Content-Type": "application/json"}
-if key:
-    headers["Authorization"] = "Bearer " + key
-request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-try:
-    with urllib.request.urlopen(request, timeout=60) as response:
-        status, call_id = response.status, response.headers.get("x-litellm-call-id")
-except urllib.error.HTTPError as error:
-    status, call_id = error.code, error.headers.get("x-litellm-call-id")
-print(json.dumps({"status": status, "call_id": call_id}))
-"""
-
 
 def chat(key: str, model: str = MODEL) -> dict[str, object]:
-    url = f"http://{GATEWAY_ADDRESS}:{PORT}/v1/chat/completions"
-    result = docker_exec(UPSTREAM_HOST, ["python3", "-c", _CLIENT, url, model], stdin=key + "\n")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    """One runbook chat request from llm-upstream over HTTPS (the key travels on stdin)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello from testinfra"}],
+        "max_tokens": 20,
+    }
+    answer = lab_requests([{"method": "POST", "path": "/v1/chat/completions", "key": key, "json": body}])[0]
+    return {"status": answer["status"], "call_id": answer["call_id"]}
 
 
 @pytest.fixture(scope="module")
@@ -249,10 +234,12 @@ def test_stub_runs_with_a_dynamic_user_and_a_root_only_key_file():
 
 
 def test_stub_requires_the_upstream_key(secrets):
-    url = "http://127.0.0.1:8080/v1/chat/completions"
-    without = docker_exec(UPSTREAM_HOST, ["python3", "-c", _CLIENT, url, MODEL], stdin="wrong\n")
-    with_key = docker_exec(
-        UPSTREAM_HOST, ["python3", "-c", _CLIENT, url, MODEL], stdin=secrets["upstream_api_key"] + "\n"
-    )
-    assert json.loads(without.stdout)["status"] == 401
-    assert json.loads(with_key.stdout)["status"] == 200
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5}
+    calls = [
+        {"method": "POST", "path": "/v1/chat/completions", "key": key, "json": body}
+        for key in ("wrong", secrets["upstream_api_key"])
+    ]
+    # On llm-upstream itself, over loopback (the stub is plain HTTP, lab only).
+    without, with_key = lab_requests(calls, base="http://127.0.0.1:8080")
+    assert without["status"] == 401
+    assert with_key["status"] == 200
