@@ -148,10 +148,16 @@ def chat_status(key: str, timeout: float = 30) -> int:
 
 
 def converge(extra_vars: str | None = None, log: Path | None = None) -> None:
-    """``molecule converge`` of the lab (site.yml), optionally with a vars file (-e @file)."""
-    argv = ["molecule", "converge"] + (["--", "-e", f"@{extra_vars}"] if extra_vars else [])
+    """The gateway play of the deployment (playbooks/gateway.yml) against the lab's inventory,
+    optionally with a vars file (-e @file): what a key change touches, without re-running the
+    firewall, PostgreSQL and monitoring plays of a full site.yml converge.
+    """
+    argv = ["ansible-playbook", "-i", "inventory/lab", "playbooks/gateway.yml"]
+    argv += ["-e", f"@{extra_vars}"] if extra_vars else []
+    env = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_LIBRARY": str(REPO / "library")}
+    env.setdefault("LITELLM_LAB_DIR", str(REPO / ".lab"))
     with open(log or os.devnull, "a") as out:
-        result = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed ({result.returncode}); see {log}")
 
