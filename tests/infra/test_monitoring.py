@@ -10,26 +10,24 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import quote
 
+import yaml
 from conftest import MONITORING_HOST, POSTGRES_HOST, docker_exec, lab_requests, logged_rows, sql_as_postgres
 
 PROMETHEUS = "http://192.168.10.21:9090"
 ALERTS_FILE = "/var/lib/alert-webhook/alerts.jsonl"
 LAB_HOSTS = 4
 EXPECTED_JOBS = {"prometheus": 1, "alertmanager": 1, "litellm_gateway": 1, "node": LAB_HOSTS, "postgres": 1}
+RULES_DIR = Path(__file__).resolve().parents[2] / "roles" / "prometheus" / "files" / "rules"
+# Every alert the role ships must be loaded in the lab's Prometheus.
 ALERTS = {
-    "LiteLLMGatewayDown",
-    "LiteLLMGateway5xxRatioHigh",
-    "PglogRecordsDropped",
-    "PglogRecordsSpooling",
-    "PostgreSQLDown",
-    "PostgreSQLReplicationLag",
-    "PostgreSQLStandbyMissing",
-    "BackupTooOld",
-    "BackupMissing",
-    "DiskAlmostFull",
-    "TLSCertificateExpiring",
+    rule["alert"]
+    for path in RULES_DIR.glob("*.yml")
+    for group in yaml.safe_load(path.read_text())["groups"]
+    for rule in group["rules"]
+    if "alert" in rule
 }
 PG_SERVICE = "postgresql@17-main"
 SPOOL_ALERT = "PglogRecordsSpooling"
