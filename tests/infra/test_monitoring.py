@@ -112,6 +112,15 @@ def test_the_gateway_is_scraped_with_its_workers_summed_and_the_spool_measured()
     assert float(query('pg_up{job="postgres"}')[0]["value"][1]) == 1
 
 
+def test_every_certificate_s_expiry_is_published():
+    series = query("tls_certificate_not_after_timestamp_seconds")
+    published = {(s["metric"]["instance"], s["metric"]["path"]) for s in series}
+    assert ("192.168.10.18:9100", "/etc/ssl/litellm/litellm.crt") in published
+    assert ("192.168.10.19:9100", "/etc/ssl/litellm/postgres.crt") in published
+    days_left = (min(float(s["value"][1]) for s in series) - time.time()) / 86400
+    assert 300 < days_left <= 366  # host certificates are issued for 365 days
+
+
 def test_the_postgres_exporter_role_only_monitors():
     row = sql_as_postgres(
         "SELECT rolsuper, rolcreaterole, rolcreatedb, rolpassword IS NULL,"

@@ -1,4 +1,5 @@
-"""The textfile-collector writers in monitoring/textfile: what they write, and that promtool reads it."""
+"""The textfile-collector writers (roles/node_exporter/files/textfile): what they write, and that
+promtool reads it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "monitoring" / "textfile"))
+WRITERS = Path(__file__).resolve().parents[2] / "roles" / "node_exporter" / "files" / "textfile"
+sys.path.insert(0, str(WRITERS))
 import pgbackrest_metrics  # noqa: E402 - scripts, not a package
 import tls_certificates  # noqa: E402
 from promfile import Gauge, Sample, render  # noqa: E402
