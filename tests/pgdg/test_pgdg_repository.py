@@ -38,6 +38,9 @@ UBUNTU_2404 = {
     "service_mgr": "systemd",
     "lsb": {"id": "Ubuntu", "codename": "noble", "release": "24.04", "major_release": "24"},
     "default_ipv4": {"address": "192.0.2.19"},
+    # What the tuning computes from (roles/postgres17 tasks/tune.yml, checked by tasks/assert.yml).
+    "memtotal_mb": 4096,
+    "processor_vcpus": 2,
 }
 DEBIAN_13 = {
     **UBUNTU_2404,
