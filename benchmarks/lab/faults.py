@@ -320,13 +320,15 @@ def pg_restart(args: argparse.Namespace) -> Outcome:
         "gateway MainPID before -> after": f"{before['MainPID']} -> {after['MainPID']}",
     }
     # A restart between two batches is noticed by the pool's pre-ping alone (no journal line);
-    # when a batch failed, the outage lines come in pairs.
+    # when a batch failed, the outage lines come in pairs. A worker that went down in an earlier
+    # drill and had nothing to write since logs its "reachable again" at its next write, i.e.
+    # here: extra recovery lines are allowed, an outage without its recovery is not.
     checks = {
         "every request answered 200": all_answers_200(samples),
         "gateway not restarted (no operator action)": before == after,
         "gateway connected to PostgreSQL again": connections > 0,
-        f"journal: every '{UNAVAILABLE}' followed by '{RECOVERED}'": journal.count(UNAVAILABLE)
-        == journal.count(RECOVERED),
+        f"journal: every '{UNAVAILABLE}' followed by '{RECOVERED}'": journal.count(RECOVERED)
+        >= journal.count(UNAVAILABLE),
         f"nothing dropped (counter 0, no '{LOST}' line)": delta["records_dropped"] == 0
         and not journal.lost_lines(),
     } | common_checks(counts)
