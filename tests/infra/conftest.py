@@ -25,6 +25,7 @@ POSTGRES_HOST = "hx-postgres-server"
 GATEWAY_HOST = "hx-litellm-server"
 UPSTREAM_HOST = "llm-upstream"
 MONITORING_HOST = "hx-monitoring-server"
+BACKUP_HOST = "hx-backup-server"
 POSTGRES_ADDRESS = "192.168.10.19"
 GATEWAY_ADDRESS = "192.168.10.18"
 DATABASE = "litellm_db"
@@ -175,7 +176,7 @@ def db_password() -> Secret:
 
 # -- helpers for tests/infra/test_security.py ---------------------------------------------------
 
-LAB_CONTAINERS = (POSTGRES_HOST, GATEWAY_HOST, UPSTREAM_HOST, MONITORING_HOST)
+LAB_CONTAINERS = (POSTGRES_HOST, GATEWAY_HOST, UPSTREAM_HOST, MONITORING_HOST, BACKUP_HOST)
 
 # Lists the regular files of the whole filesystem that are readable by "other" and contain any of
 # the secrets read from stdin (one per line). Like `find / -xdev`: the root filesystem without
@@ -222,7 +223,7 @@ def secrets() -> dict[str, Secret]:
     The master key file holds the part after "sk-", so searching for it finds the full key as well.
     """
     names = ("db_password", "master_key", "upstream_api_key", "test_key", "poc_validation_key")
-    names += ("metrics_token",)
+    names += ("metrics_token", "pgbackrest_cipher_pass")
     found = {name: lab_secret(name) for name in names}
     found["db_password (URL-encoded)"] = Secret(quote(found["db_password"], safe=""))
     return found

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import (
+    BACKUP_HOST,
     CA_FILE,
     GATEWAY_ADDRESS,
     GATEWAY_HOST,
@@ -34,14 +35,21 @@ ADDRESSES = {
     POSTGRES_HOST: POSTGRES_ADDRESS,
     UPSTREAM_HOST: "192.168.10.20",
     MONITORING_HOST: "192.168.10.21",
+    BACKUP_HOST: "192.168.10.22",
 }
-CANDIDATE_PORTS = (22, 4000, 5432, 8080, 9090, 9093, 9099, 9100, 9187, 9464)
+CANDIDATE_PORTS = (22, 4000, 5432, 8080, 8432, 9090, 9093, 9099, 9100, 9187, 9464)
 # What each host may reach on each other host (everything else must be filtered).
 OPEN = {
-    GATEWAY_HOST: {POSTGRES_HOST: {5432}, UPSTREAM_HOST: {8080}, MONITORING_HOST: set()},
-    POSTGRES_HOST: {GATEWAY_HOST: set(), UPSTREAM_HOST: set(), MONITORING_HOST: set()},
-    UPSTREAM_HOST: {GATEWAY_HOST: {4000}, POSTGRES_HOST: set(), MONITORING_HOST: set()},
-    MONITORING_HOST: {GATEWAY_HOST: {9100, 9464}, POSTGRES_HOST: {9100, 9187}, UPSTREAM_HOST: {9100}},
+    GATEWAY_HOST: {POSTGRES_HOST: {5432}, UPSTREAM_HOST: {8080}, MONITORING_HOST: set(), BACKUP_HOST: set()},
+    POSTGRES_HOST: {GATEWAY_HOST: set(), UPSTREAM_HOST: set(), MONITORING_HOST: set(), BACKUP_HOST: {8432}},
+    UPSTREAM_HOST: {GATEWAY_HOST: {4000}, POSTGRES_HOST: set(), MONITORING_HOST: set(), BACKUP_HOST: set()},
+    MONITORING_HOST: {
+        GATEWAY_HOST: {9100, 9464},
+        POSTGRES_HOST: {9100, 9187},
+        UPSTREAM_HOST: {9100},
+        BACKUP_HOST: {9100},
+    },
+    BACKUP_HOST: {GATEWAY_HOST: set(), POSTGRES_HOST: {8432}, UPSTREAM_HOST: set(), MONITORING_HOST: set()},
 }
 # From this machine (the lab's admin network): the API, the admin interfaces, the stub.
 OPEN_FROM_ADMIN = {
@@ -49,6 +57,7 @@ OPEN_FROM_ADMIN = {
     POSTGRES_HOST: set(),
     UPSTREAM_HOST: {8080},
     MONITORING_HOST: {9090, 9093},
+    BACKUP_HOST: set(),
 }
 # The admin network is also allowed SSH everywhere; no sshd runs in the lab: "closed", not filtered.
 CLOSED_FROM_ADMIN = {22}

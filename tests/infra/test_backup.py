@@ -1,0 +1,59 @@
+"""Issue 12 on the live lab: continuous backups with pgBackRest (the restore itself is proven by
+scripts/lab-restore-drill, which ./scripts/test runs after the fault drills).
+
+After a fresh deploy plus one run of the full backup timer's job (the smoke play runs it when
+there is no full backup), the repository on hx-backup-server holds a full backup and archived WAL,
+encrypted; PostgreSQL archives through pgBackRest; the timers are scheduled.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import BACKUP_HOST, POSTGRES_HOST, docker_exec, sql_as_postgres
+from test_monitoring import query
+
+
+def pgbackrest_info() -> dict:
+    argv = ["runuser", "-u", "pgbackrest", "--", "pgbackrest", "--output=json", "info"]
+    result = docker_exec(BACKUP_HOST, argv)
+    assert result.returncode == 0, result.stderr
+    (stanza,) = json.loads(result.stdout)
+    return stanza
+
+
+def test_the_repository_holds_a_full_backup_and_archived_wal_encrypted():
+    stanza = pgbackrest_info()
+    assert stanza["name"] == "main" and stanza["status"]["code"] == 0, stanza["status"]
+    assert [b for b in stanza["backup"] if b["type"] == "full"], stanza["backup"]
+    assert stanza["archive"] and stanza["archive"][0]["max"], stanza["archive"]
+    assert stanza["cipher"] == "aes-256-cbc"
+
+
+def test_postgresql_archives_through_pgbackrest_and_nothing_failed():
+    row = sql_as_postgres(
+        "SELECT current_setting('archive_mode'), current_setting('archive_command'),"
+        " archived_count > 0, failed_count FROM pg_stat_archiver"
+    )
+    mode, command, archived, failed = row.split("|")
+    assert (mode, archived, failed) == ("on", "t", "0")
+    assert command == "pgbackrest --stanza=main archive-push %p"
+
+
+@pytest.mark.parametrize("timer", ["pgbackrest-backup-full.timer", "pgbackrest-backup-diff.timer"])
+def test_the_backup_timers_are_scheduled_on_the_repository_host(timer):
+    argv = ["systemctl", "show", timer, "-P", "ActiveState", "-P", "UnitFileState"]
+    result = docker_exec(BACKUP_HOST, argv)
+    assert result.stdout.split() == ["active", "enabled"]
+
+
+@pytest.mark.parametrize("host", [POSTGRES_HOST, BACKUP_HOST])
+def test_the_configuration_with_the_cipher_passphrase_is_not_world_readable(host):
+    result = docker_exec(host, ["stat", "-c", "%a %U", "/etc/pgbackrest/pgbackrest.conf"])
+    assert result.stdout.split() == ["640", "root"]
+
+
+def test_the_backup_age_is_published_for_the_alert_rules():
+    ages = query('time() - pgbackrest_last_backup_timestamp_seconds{stanza="main"}')
+    assert ages and 0 <= float(ages[0]["value"][1]) < 86400
