@@ -57,3 +57,16 @@ def test_the_configuration_with_the_cipher_passphrase_is_not_world_readable(host
 def test_the_backup_age_is_published_for_the_alert_rules():
     ages = query('time() - pgbackrest_last_backup_timestamp_seconds{stanza="main"}')
     assert ages and 0 <= float(ages[0]["value"][1]) < 86400
+
+
+def test_restarting_pgbackrest_on_the_database_host_keeps_postgresql_working():
+    """The TLS server runs as postgres: with systemd's RemoveIPC its stop deleted PostgreSQL's
+    shared memory, and every new connection then failed ("could not open shared memory segment").
+    """
+    result = docker_exec(POSTGRES_HOST, ["systemctl", "restart", "pgbackrest-server"])
+    assert result.returncode == 0, result.stderr
+    assert sql_as_postgres("SELECT 1") == "1"
+    check = docker_exec(
+        POSTGRES_HOST, ["runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=main", "check"]
+    )
+    assert check.returncode == 0, check.stdout[-2000:]
