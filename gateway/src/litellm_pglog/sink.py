@@ -128,16 +128,6 @@ def clean_values(record: LogRecord) -> Row:
     return row
 
 
-def clean_record(record: LogRecord) -> LogRecord:
-    """A copy that PostgreSQL accepts (see ``clean_values``)."""
-    return LogRecord(**clean_values(record))
-
-
-def as_row(record: LogRecord) -> Row:
-    """The values of a record clean_record() made, as a row."""
-    return {name: getattr(record, name) for name in FIELDS}
-
-
 def merge_rows(rows: list[Row]) -> list[Row]:
     """One row per request_id: later non-NULL values win, the earliest timestamp stays.
 
@@ -354,10 +344,6 @@ class DatabaseSink:
             except ValueError as exc:  # no request_id: no row can ever hold it
                 self._on_reject(record, exc)
         return rows
-
-    def write_clean(self, records: list[LogRecord]) -> int:
-        """Write records clean_record() made (submit() did); see ``write_rows``."""
-        return self.write_rows([as_row(record) for record in records])
 
     def write_rows(self, rows: list[Row]) -> int:
         """How many of the rows reached PostgreSQL; the others were rejected for good.

@@ -55,6 +55,21 @@ def encode_line(record: LogRecord) -> bytes:
     return LINE_ENCODER.encode(data).encode("ascii") + b"\n"
 
 
+def encode_row(row: dict[str, object]) -> bytes:
+    """One JSON line of a cleaned record's values (``sink.clean_values``): submit() runs this.
+
+    orjson when installed (UTF-8; a cleaned row holds no lone surrogate, no NaN), else the
+    ASCII line of ``encode_line``; ``decode_line`` reads both.
+    """
+    return (
+        fastjson.dumps_line(row)
+        or LINE_ENCODER.encode(
+            {name: value.isoformat() if isinstance(value, datetime) else value for name, value in row.items()}
+        ).encode("ascii")
+        + b"\n"
+    )
+
+
 def decode_line(line: bytes) -> LogRecord:
     """``LogRecord.from_json_dict(json.loads(line))``, faster: a replay decodes every line.
 
