@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import io
 import math
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -27,13 +26,11 @@ from litellm_pglog.db import CallDeadline
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS, INT32_MAX
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.models import Request, Response
-from litellm_pglog.records import LogRecord, request_id_time
+from litellm_pglog.records import UUID7_TEXT, LogRecord, request_id_time
 
 REQUESTS = Request.__table__
 RESPONSES = Response.__table__
 RESPONSE_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "total_tokens")
-# The text form of a UUIDv7 that records.request_id_time() reads a time from.
-UUID7_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 REQUEST_FIELDS = tuple(
     f.name for f in dataclasses.fields(LogRecord) if f.name not in RESPONSE_FIELDS and f.name in REQUESTS.c
 )
@@ -169,7 +166,6 @@ STAGE_TABLE = "pglog_stage"
 # Whether created_at came from a UUIDv7 request id (see _partition_key): decided on the host.
 KEYED_COLUMN = "keyed"
 STAGE_COLUMNS = (*FIELDS, KEYED_COLUMN)
-_UUID7 = re.compile(UUID7_PATTERN)
 
 
 def _column_type(name: str) -> str:
@@ -242,7 +238,7 @@ def _copy_value(value: object) -> str:
 
 def copy_data(rows: list[Row]) -> bytes:
     """The rows (clean, merged) in COPY's text format, in STAGE_COLUMNS order."""
-    keyed = _UUID7.fullmatch
+    keyed = UUID7_TEXT.fullmatch
     lines = [
         "\t".join([*map(_copy_value, map(row.__getitem__, FIELDS)), "t" if keyed(row["request_id"]) else "f"])
         for row in rows
