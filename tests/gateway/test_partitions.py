@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from alembic import command
 from litellm_pglog.db import make_engine
+from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.partitions import (
     Partition,
     Policy,
@@ -25,10 +26,11 @@ from litellm_pglog.partitions import (
 )
 from litellm_pglog.records import LogRecord, new_request_id, request_id_time
 from litellm_pglog.schema import _config, render_upgrade_sql, upgrade_schema
-from litellm_pglog.sink import write_records
+from litellm_pglog.sink import DatabaseSink, write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 from test_schema import run_concurrently
 
 TODAY = datetime.now(UTC).date()
@@ -428,4 +430,25 @@ def test_the_link_refuses_a_response_without_its_request_and_deletes_cascade(mig
         assert connection.execute(count).scalar_one() == 2
         fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'responses'::regclass"
         assert connection.execute(text(fks)).scalar_one() == 0
+    engine.dispose()
+
+
+def test_a_writer_connection_routes_into_partitions_created_after_it_prepared_its_merge(migrated_url):
+    """The merge is prepared once per connection; a partition made later still gets its rows."""
+    later = TODAY + timedelta(days=20)
+    when = noon(later)
+    first, second = (new_request_id(int(when.timestamp() * 1000) + n)[0] for n in range(2))
+    engine = make_engine(migrated_url, poolclass=StaticPool)  # one connection throughout
+    sink = DatabaseSink(engine, WriterMetrics(), lambda record, exc: None, timeout=10)
+    assert sink.write([LogRecord(request_id=first, status_code=200)]) == 1
+    with engine.connect() as connection:
+        prepared = "SELECT count(*) FROM pg_prepared_statements WHERE name = 'pglog_merge'"
+        assert connection.execute(text(prepared)).scalar_one() == 1
+    assert where_rows_are(engine) == {first: "requests_default"}
+
+    run(migrated_url, POLICY, later - timedelta(days=2))
+    assert sink.write([LogRecord(request_id=second, status_code=200, total_tokens=3)]) == 1
+
+    assert where_rows_are(engine) == {first: day_name("requests", later), second: day_name("requests", later)}
+    assert linked_rows(engine, "status_code = 200") == 2
     engine.dispose()

@@ -2,7 +2,8 @@
 the standard library, with the same results.
 
 Where the writer handles records by the thousand or once per request: journal and spool lines
-of cleaned records (``spool.encode_row``, submit() runs it) and lines read back by a replay.
+of cleaned records (``spool.encode_row``, submit() runs it), lines read back by a replay, and
+the request and response bodies the middleware reads a model, usage or an error from.
 ``spool.encode_line`` (records not cleaned yet: lone surrogates, NaN) stays with the standard
 library, pure ASCII whatever a record holds.
 """
@@ -24,7 +25,7 @@ def loads(line: bytes) -> Any:
         try:
             return orjson.loads(line)
         except orjson.JSONDecodeError:
-            pass  # NaN, lone surrogates: valid for the standard library, which wrote the line
+            pass  # NaN, lone surrogates, UTF-16, big integers: the standard library decides
     return json.loads(line)
 
 

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +32,9 @@ def new_request_id(unix_ms: int | None = None) -> tuple[str, datetime]:
     random_bits = int.from_bytes(os.urandom(10), "big")
     value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80 | random_bits & ~(0xF << 76) & ~(0x3 << 62)
     value |= UUID7_VERSION << 76 | 0x2 << 62
-    return str(uuid.UUID(int=value)), datetime.fromtimestamp(unix_ms / 1000, UTC)
+    digits = f"{value:032x}"  # str(uuid.UUID(int=value)), without the UUID object
+    request_id = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return request_id, datetime.fromtimestamp(unix_ms / 1000, UTC)
 
 
 # The canonical text of a UUIDv7 with the RFC 9562 variant: what new_request_id() makes.

@@ -247,15 +247,22 @@ def copy_data(rows: list[Row]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def create_stage(dbapi_connection: Any, connection_record: Any) -> None:
-    """Pool "connect" event: the staging table, created and committed once per connection.
+MERGE_PREPARED = "pglog_merge"
 
-    Should that fail, the connection works without: each batch then creates it inside its own
-    transaction (IF NOT EXISTS), and a refused CREATE is an error of that batch like any other.
+
+def create_stage(dbapi_connection: Any, connection_record: Any) -> None:
+    """Pool "connect" event: the staging table and the merge prepared, once per connection.
+
+    The merge is planned once per connection instead of once per batch (its plan spans every
+    partition of both tables; PostgreSQL replans by itself when partitions come and go). Should
+    this fail, the connection works without: each batch then creates the staging table inside
+    its own transaction (IF NOT EXISTS) and sends the merge as text, and a refused CREATE is an
+    error of that batch like any other.
     """
     try:
         with contextlib.closing(dbapi_connection.cursor()) as cursor:
             cursor.execute(CREATE_STAGE)
+            cursor.execute(f"PREPARE {MERGE_PREPARED} AS {MERGE_STAGE}")
         dbapi_connection.commit()
     except Exception:
         with contextlib.suppress(Exception):
@@ -299,7 +306,8 @@ def upsert_rows(connection: Connection, rows: list[Row]) -> int:
     merged = merge_rows(rows)
     if merged:
         _copy_into_stage(connection, copy_data(merged))
-        connection.exec_driver_sql(MERGE_STAGE)
+        prepared = connection.connection.info.get(STAGE_TABLE)
+        connection.exec_driver_sql(f"EXECUTE {MERGE_PREPARED}" if prepared else MERGE_STAGE)
     return len(merged)
 
 
