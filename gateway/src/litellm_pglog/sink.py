@@ -61,10 +61,15 @@ def _clean_text(value: object, limit: int) -> str:
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
+# Tuples, not ``int | float``: a union in isinstance() is built anew at every call.
+_NUMBER_TYPES = (int, float)
+_INT_SOURCE_TYPES = (int, float, str)
+
+
 def _clean_int(value: object) -> int | None:
     if type(value) is int and -INT32_MAX <= value <= INT32_MAX:
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, _INT_SOURCE_TYPES):
         return None
     try:
         number = int(value)
@@ -74,7 +79,9 @@ def _clean_int(value: object) -> int | None:
 
 
 def _clean_float(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
         return None
     number = float(value)
     return number if math.isfinite(number) else None  # no NaN, no infinity in a log row
