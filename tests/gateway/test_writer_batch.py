@@ -14,7 +14,7 @@ from litellm_pglog.limits import BACKLOG_BATCH_SIZE
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.records import LogRecord
 from litellm_pglog.sink import DatabaseSink, clean_values, copy_data, merge_rows, write_records
-from litellm_pglog.spool import Spool, decode_line, encode_line, encode_row
+from litellm_pglog.spool import Spool, decode_line, decode_values, encode_line, encode_row
 from test_writer import (
     assert_merged,
     down_url,
@@ -232,6 +232,9 @@ def test_journal_lines_are_the_same_with_or_without_orjson(monkeypatch, library)
 
     assert encode_row(row).endswith(b"\n") and encode_row(row).count(b"\n") == 1
     assert decode_line(encode_row(row)) == LogRecord(**row)
+    assert clean_values(decode_values(encode_row(row))) == row  # a replay's path: no LogRecord
+    other = clean_values(LogRecord(request_id="not-a-uuid7", created_at=datetime(2026, 1, 2, tzinfo=UTC)))
+    assert clean_values(decode_values(encode_row(other))) == other  # its own time, parsed back
     assert json.loads(encode_row(row)) == row | {"created_at": row["created_at"].isoformat()}
     assert fastjson.loads(line)["model"] == "\ud800"  # a line the standard library wrote, NaN included
 

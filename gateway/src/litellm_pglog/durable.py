@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from litellm_pglog.db import describe_db_error
 from litellm_pglog.metrics import WriterMetrics
@@ -96,7 +96,7 @@ class DurableStore:
         self,
         claimed: ClaimedFile,
         batch_size: int,
-        prepare: Callable[[list[LogRecord]], T],
+        prepare: Callable[[list[dict[str, Any]]], T],
         write: Callable[[T], None],
     ) -> None:
         """Hand the file's records to ``write`` in batches, each made by ``prepare``; then delete it.

@@ -119,17 +119,36 @@ def _cleaner(name: str) -> Callable[[object], object]:
 CLEANERS = tuple((name, _cleaner(name)) for name in FIELDS if name != "created_at")
 
 
-def clean_values(record: LogRecord) -> Row:
+def clean_values(record: LogRecord | dict[str, Any]) -> Row:
     """The record's values as a row PostgreSQL accepts: bounded strings, no NUL, ints in range,
     a timestamp. Raises ValueError for something that is no record (no request_id).
+
+    A dict is a replayed line (``spool.decode_values``): its values are read the same way.
     """
+    if type(record) is dict:
+        if not record.get("request_id"):
+            raise ValueError("a record with a request_id is required")
+        get = record.get
+        row: Row = {name: None if (value := get(name)) is None else clean(value) for name, clean in CLEANERS}
+        row["created_at"] = _clean_timestamp(get("created_at"), row["request_id"])
+        return row
     if not isinstance(record, LogRecord) or not record.request_id:
         raise ValueError("a LogRecord with a request_id is required")
-    row: Row = {
+    row = {
         name: None if (value := getattr(record, name)) is None else clean(value) for name, clean in CLEANERS
     }
     row["created_at"] = _clean_timestamp(record.created_at, row["request_id"])
     return row
+
+
+def as_record(values: LogRecord | dict[str, Any]) -> LogRecord:
+    """A LogRecord of a replayed line's values (for a rejected one: the rejected file keeps it)."""
+    if isinstance(values, LogRecord):
+        return values
+    known = {name: values.get(name) for name in FIELDS}
+    created_at = known["created_at"]
+    known["created_at"] = created_at if isinstance(created_at, datetime) else None
+    return LogRecord(**known)
 
 
 def merge_rows(rows: list[Row]) -> list[Row]:
@@ -346,7 +365,7 @@ class DatabaseSink:
         """Clean, then write records of any origin (the spool); see ``write_rows``."""
         return self.write_rows(self.rows_of(records))
 
-    def rows_of(self, records: list[LogRecord]) -> list[Row]:
+    def rows_of(self, records: list[LogRecord] | list[dict[str, Any]]) -> list[Row]:
         """The records cleaned into rows; one that is no record at all is rejected at once.
 
         Thread-safe: a replay cleans the next batch on a helper thread (see durable.read_ahead).
@@ -356,7 +375,7 @@ class DatabaseSink:
             try:
                 rows.append(clean_values(record))
             except ValueError as exc:  # no request_id: no row can ever hold it
-                self._on_reject(record, exc)
+                self._on_reject(as_record(record), exc)
         return rows
 
     def write_rows(self, rows: list[Row]) -> int:
