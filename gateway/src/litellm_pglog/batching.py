@@ -30,7 +30,7 @@ class BatchQueue:
     tells a flush whether everything queued before it is done.
 
     A queue at least half full is a backlog: it is drained in batches of up to
-    ``backlog_batch_size`` (one statement each) before it overflows into the spool.
+    ``backlog_batch_size`` (one COPY and one merge each) before it overflows into the spool.
     """
 
     def __init__(

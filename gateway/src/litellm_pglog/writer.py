@@ -9,7 +9,8 @@ are replayed once it answers again, or by the next process that starts.
 ``LogWriter`` only wires the parts together and runs the thread:
 
 - ``batching.BatchQueue``: the queue, batch assembly and the flush watermark;
-- ``sink.DatabaseSink``: cleaning, merging and upserting records (one statement per batch),
+- ``sink.DatabaseSink``: cleaning, merging and upserting records (one COPY into a staging
+  table and one prepared merge statement per batch),
   isolating a refused record;
 - ``durable.DurableStore``: the journal, the spool, rejected records and loud drops;
 - ``outage.OutageState``: down/up, retry backoff and when to replay the spool;
