@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from alembic import command
 from litellm_pglog.db import make_engine
+from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.partitions import (
     Partition,
     Policy,
@@ -25,9 +26,11 @@ from litellm_pglog.partitions import (
 )
 from litellm_pglog.records import LogRecord, new_request_id, request_id_time
 from litellm_pglog.schema import _config, render_upgrade_sql, upgrade_schema
-from litellm_pglog.sink import write_records
+from litellm_pglog.sink import DatabaseSink, write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 from test_schema import run_concurrently
 
 TODAY = datetime.now(UTC).date()
@@ -343,7 +346,7 @@ def test_in_place_upgrade_of_a_populated_database_loses_nothing(populated_0002):
 
     status = upgrade_schema(populated_0002)
 
-    assert status.pending == ["0003"]
+    assert status.pending == ["0003", "0004"]
     assert snapshot(engine) == before
     with engine.connect() as connection:
         where = (
@@ -404,3 +407,48 @@ def test_runbook_part_7_runs_on_the_partitioned_tables(migrated_url):
 
     # ANALYZE of a partitioned table samples every partition: the parents have statistics.
     assert {"requests", "responses"} <= {row.tablename for row in stats}
+
+
+# ---- revision 0004: the link checked per statement ----------------------------------------------
+
+
+def test_the_link_refuses_a_response_without_its_request_and_deletes_cascade(migrated_url):
+    """What the foreign key guaranteed, from the statement triggers of revision 0004."""
+    records = [LogRecord(request_id=new_request_id()[0], status_code=200, total_tokens=n) for n in range(3)]
+    engine = make_engine(migrated_url)
+    with engine.begin() as connection:
+        write_records(connection, records)
+    count = text("SELECT count(*) FROM responses")
+    with engine.connect() as connection:
+        orphan = text("INSERT INTO responses (request_id_fk, created_at) VALUES (-1, now())")
+        with pytest.raises(IntegrityError, match="has no requests row"):
+            connection.execute(orphan)
+    with engine.begin() as connection:
+        assert connection.execute(count).scalar_one() == 3
+        delete = text("DELETE FROM requests WHERE request_id = :id")
+        connection.execute(delete, {"id": records[0].request_id})
+        assert connection.execute(count).scalar_one() == 2
+        fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'responses'::regclass"
+        assert connection.execute(text(fks)).scalar_one() == 0
+    engine.dispose()
+
+
+def test_a_writer_connection_routes_into_partitions_created_after_it_prepared_its_merge(migrated_url):
+    """The merge is prepared once per connection; a partition made later still gets its rows."""
+    later = TODAY + timedelta(days=20)
+    when = noon(later)
+    first, second = (new_request_id(int(when.timestamp() * 1000) + n)[0] for n in range(2))
+    engine = make_engine(migrated_url, poolclass=StaticPool)  # one connection throughout
+    sink = DatabaseSink(engine, WriterMetrics(), lambda record, exc: None, timeout=10)
+    assert sink.write([LogRecord(request_id=first, status_code=200)]) == 1
+    with engine.connect() as connection:
+        prepared = "SELECT count(*) FROM pg_prepared_statements WHERE name = 'pglog_merge'"
+        assert connection.execute(text(prepared)).scalar_one() == 1
+    assert where_rows_are(engine) == {first: "requests_default"}
+
+    run(migrated_url, POLICY, later - timedelta(days=2))
+    assert sink.write([LogRecord(request_id=second, status_code=200, total_tokens=3)]) == 1
+
+    assert where_rows_are(engine) == {first: day_name("requests", later), second: day_name("requests", later)}
+    assert linked_rows(engine, "status_code = 200") == 2
+    engine.dispose()

@@ -13,8 +13,8 @@ from litellm_pglog.db import make_engine
 from litellm_pglog.limits import BACKLOG_BATCH_SIZE
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.records import LogRecord
-from litellm_pglog.sink import DatabaseSink, clean_values, merge_rows, write_records
-from litellm_pglog.spool import Spool, encode_line
+from litellm_pglog.sink import DatabaseSink, clean_values, copy_data, merge_rows, write_records
+from litellm_pglog.spool import Spool, decode_line, decode_values, encode_line, encode_row
 from test_writer import (
     assert_merged,
     down_url,
@@ -219,18 +219,36 @@ def test_merge_rows_leaves_its_input_alone():
     assert (merged["status_code"], merged["prompt_tokens"], merged["created_at"]) == (200, 5, earlier)
 
 
-# ---- the JSON of the bulk paths ---------------------------------------------------------------
+# ---- the JSON lines of journal and spool, the COPY text of a batch ----------------------------
 
 
 @pytest.mark.parametrize("library", ["orjson", "stdlib"])
-def test_batch_json_is_the_same_with_or_without_orjson(monkeypatch, library):
+def test_journal_lines_are_the_same_with_or_without_orjson(monkeypatch, library):
     if library == "stdlib":
         monkeypatch.setattr(fastjson, "orjson", None)
-    row = clean_values(LogRecord(request_id="j", model="модель 🚀", latency_ms=1.5, stream=True))
+    record = LogRecord(request_id="j", model="модель 🚀\n\t\\", latency_ms=1.5, stream=True, status_code=200)
+    row = clean_values(record)
     line = encode_line(LogRecord(request_id="j", model="\ud800", latency_ms=float("nan")))
 
-    assert json.loads(fastjson.dumps_rows([row])) == [row | {"created_at": row["created_at"].isoformat()}]
+    assert encode_row(row).endswith(b"\n") and encode_row(row).count(b"\n") == 1
+    assert decode_line(encode_row(row)) == LogRecord(**row)
+    assert clean_values(decode_values(encode_row(row))) == row  # a replay's path: no LogRecord
+    other = clean_values(LogRecord(request_id="not-a-uuid7", created_at=datetime(2026, 1, 2, tzinfo=UTC)))
+    assert clean_values(decode_values(encode_row(other))) == other  # its own time, parsed back
+    assert json.loads(encode_row(row)) == row | {"created_at": row["created_at"].isoformat()}
     assert fastjson.loads(line)["model"] == "\ud800"  # a line the standard library wrote, NaN included
+
+
+def test_copy_text_escapes_what_copy_reads_as_syntax(make_writer, migrated_url):
+    """Backslash, tab, newline and CR in a value reach PostgreSQL as they were (COPY text format)."""
+    tricky = "a\\b\tc\nd\re \\N \\. end"
+    writer = make_writer()
+    writer.submit(LogRecord(request_id="copy-escapes", status_code=200, model=tricky, error_message="\\N"))
+    writer.submit(LogRecord(request_id="copy-escapes", prompt_tokens=3))
+    assert writer.flush(30)
+    row = stored(migrated_url)["copy-escapes"]
+    assert (row["model"], row["error_message"], row["prompt_tokens"]) == (tricky, "\\N", 3)
+    assert "\\N" in copy_data([clean_values(LogRecord(request_id="x"))]).decode()
 
 
 def test_a_float_json_cannot_carry_is_stored_as_null(make_writer, migrated_url):

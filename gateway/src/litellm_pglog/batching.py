@@ -6,17 +6,19 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
-from litellm_pglog.records import LogRecord
 from litellm_pglog.spool import JournalFile
 
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """A queued record, its place in the queue and the journal file holding its copy."""
+    """A queued record (cleaned, as a row), its place in the queue, its JSON line and the
+    journal file holding that line."""
 
     sequence: int
-    record: LogRecord
+    row: dict[str, Any]
+    line: bytes
     journal_file: JournalFile | None
 
 
@@ -28,7 +30,7 @@ class BatchQueue:
     tells a flush whether everything queued before it is done.
 
     A queue at least half full is a backlog: it is drained in batches of up to
-    ``backlog_batch_size`` (one statement each) before it overflows into the spool.
+    ``backlog_batch_size`` (one COPY and one merge each) before it overflows into the spool.
     """
 
     def __init__(
@@ -54,13 +56,13 @@ class BatchQueue:
         with self._cond:
             return len(self._queue)
 
-    def put(self, record: LogRecord, journal_file: JournalFile | None) -> bool:
-        """Queue the record; False when the queue is full or closed (the caller keeps it)."""
+    def put(self, row: dict[str, Any], line: bytes, journal_file: JournalFile | None) -> bool:
+        """Queue the row; False when the queue is full or closed (the caller keeps it)."""
         with self._cond:
             if len(self._queue) >= self._max_size or self._closed:
                 return False
             self._last_queued += 1
-            self._queue.append(Queued(self._last_queued, record, journal_file))
+            self._queue.append(Queued(self._last_queued, row, line, journal_file))
             if len(self._queue) >= self._batch_size:
                 self._cond.notify_all()
             return True

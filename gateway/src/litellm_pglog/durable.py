@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from litellm_pglog.db import describe_db_error
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.records import LogRecord
-from litellm_pglog.spool import ClaimedFile, Journal, JournalFile, Spool, encode_line
+from litellm_pglog.spool import ClaimedFile, Journal, JournalFile, Spool
 
 log = logging.getLogger("litellm_pglog")
 
@@ -54,10 +54,10 @@ class DurableStore:
 
     # ---- the journal: a copy of every record held in memory -----------------------------------
 
-    def journal_record(self, record: LogRecord) -> JournalFile | None:
-        """Journal one record; None when the journal cannot be written (logged once)."""
+    def journal_line(self, line: bytes) -> JournalFile | None:
+        """Journal one record's line; None when the journal cannot be written (logged once)."""
         try:
-            journal_file = self.journal.append(encode_line(record))
+            journal_file = self.journal.append(line)
         except Exception as exc:  # e.g. disk full: the record is still queued, only a crash loses it
             if not self._journal_failing:
                 self._journal_failing = True
@@ -73,18 +73,19 @@ class DurableStore:
 
     # ---- the spool: records PostgreSQL could not take (yet) -----------------------------------
 
-    def spool_records(self, records: list[LogRecord], sync: bool) -> None:
-        """Append to the spool; what does not fit under its bound is dropped, counted and logged."""
-        if not records:
+    def spool_lines(self, lines: list[bytes], sync: bool) -> None:
+        """Append records' lines to the spool; what does not fit under its bound is dropped,
+        counted and logged."""
+        if not lines:
             return
         try:
-            stored = self.spool.append([encode_line(r) for r in records], sync=sync)
+            stored = self.spool.append(lines, sync=sync)
         except OSError as exc:
             stored = 0
             log.error("cannot write the spool in %s: %s", self.directory, exc)
         self._metrics.count("spooled", stored)
-        if stored < len(records):
-            self.drop(len(records) - stored, f"spool full ({self.spool.max_bytes} bytes)")
+        if stored < len(lines):
+            self.drop(len(lines) - stored, f"spool full ({self.spool.max_bytes} bytes)")
 
     def claim_files(self) -> Iterator[ClaimedFile]:
         """Seal this writer's spool file and claim every file no live writer holds."""
@@ -95,7 +96,7 @@ class DurableStore:
         self,
         claimed: ClaimedFile,
         batch_size: int,
-        prepare: Callable[[list[LogRecord]], T],
+        prepare: Callable[[list[dict[str, Any]]], T],
         write: Callable[[T], None],
     ) -> None:
         """Hand the file's records to ``write`` in batches, each made by ``prepare``; then delete it.

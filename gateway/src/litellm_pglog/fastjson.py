@@ -1,15 +1,16 @@
 """JSON for the writer's bulk paths: orjson when it is installed (litellm[proxy] brings it), else
 the standard library, with the same results.
 
-Only where the writer handles records by the thousand: spool lines read back by a replay and the
-batch parameter of the upsert. Spool lines are still WRITTEN by the standard library (see
-``spool.encode_line``): pure ASCII whatever they hold, which orjson cannot promise.
+Where the writer handles records by the thousand or once per request: journal and spool lines
+of cleaned records (``spool.encode_row``, submit() runs it), lines read back by a replay, and
+the request and response bodies the middleware reads a model, usage or an error from.
+``spool.encode_line`` (records not cleaned yet: lone surrogates, NaN) stays with the standard
+library, pure ASCII whatever a record holds.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 try:
@@ -18,28 +19,22 @@ except ImportError:  # pragma: no cover - the gateway's venv has it
     orjson = None
 
 
-def _isoformat(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-# One encoder for every batch: json.dumps() with any option builds a new one per call.
-_BATCH_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_isoformat)
-
-
 def loads(line: bytes) -> Any:
     """Parse one JSON document; ValueError when it is none."""
     if orjson is not None:
         try:
             return orjson.loads(line)
         except orjson.JSONDecodeError:
-            pass  # NaN, lone surrogates: valid for the standard library, which wrote the line
+            pass  # NaN, lone surrogates, UTF-16, big integers: the standard library decides
     return json.loads(line)
 
 
-def dumps_rows(rows: list[dict[str, Any]]) -> str:
-    """Rows of str/int/finite float/bool/None/aware datetime values as a JSON array (UTF-8 text)."""
-    if orjson is not None:
-        return orjson.dumps(rows).decode()
-    return _BATCH_ENCODER.encode(rows)
+def dumps_line(row: dict[str, Any]) -> bytes | None:
+    """One row of str/int/finite float/bool/None/aware datetime values as a JSON line (UTF-8);
+    None when orjson is missing or refuses it (the caller then uses the standard library)."""
+    if orjson is None:
+        return None
+    try:
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a value of another type
+        return None

@@ -47,6 +47,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from litellm_pglog import fastjson
 from litellm_pglog.auth import FORBIDDEN_ROUTE_MESSAGE, INVALID_KEY_MESSAGE
 from litellm_pglog.health import ReadinessEndpoint
 from litellm_pglog.keys import INVALID_KEY_ALIAS, Identity, presented_key
@@ -244,7 +245,7 @@ class ResponseObserver:
 
 def _loads(data: bytes) -> object:
     try:
-        return json.loads(data)
+        return fastjson.loads(data)
     except ValueError:
         return None
 
@@ -441,7 +442,7 @@ class LoggedExchange:
             return None
         if body and wants_json_parse(Headers(scope=self.scope).get("content-type"), body):
             try:
-                self.record.model, self.record.stream = describe_request(json.loads(body))
+                self.record.model, self.record.stream = describe_request(fastjson.loads(body))
             except ValueError as exc:
                 message = f"Request body is not valid JSON: {_json_problem(exc)}."
                 await self._reject(receive, send, 400, openai_error(message, "invalid_json"))

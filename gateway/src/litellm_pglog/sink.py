@@ -3,48 +3,34 @@
 Upserts keyed on (request_id, created_at) make replays and split records (HTTP status from the
 middleware, tokens from the LiteLLM callback) converge on one row each, whatever the order of
 arrival: created_at, the partition key, comes from the UUIDv7 request id (see clean_values).
-A batch is merged in memory first (one row per request_id), then written by one statement.
+A batch is merged in memory first (one row per request_id), then copied into a staging table
+and merged into both tables by one statement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    String,
-    Text,
-    bindparam,
-    case,
-    cast,
-    column,
-    func,
-    literal_column,
-    select,
-)
-from sqlalchemy.dialects.postgresql import JSON, Insert, insert
+from sqlalchemy import Connection, Engine, String, event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
-from sqlalchemy.sql.selectable import CTE
 
-from litellm_pglog import fastjson
 from litellm_pglog.db import CallDeadline
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS, INT32_MAX
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.models import Request, Response
-from litellm_pglog.records import LogRecord, request_id_time
+from litellm_pglog.records import UUID7_TEXT, LogRecord, request_id_time
 
 REQUESTS = Request.__table__
 RESPONSES = Response.__table__
 RESPONSE_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "total_tokens")
-# The text form of a UUIDv7 that records.request_id_time() reads a time from.
-UUID7_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 REQUEST_FIELDS = tuple(
     f.name for f in dataclasses.fields(LogRecord) if f.name not in RESPONSE_FIELDS and f.name in REQUESTS.c
 )
@@ -56,7 +42,7 @@ MAX_CHARS = {
 FIELDS = REQUEST_FIELDS + RESPONSE_FIELDS
 INT_FIELDS = ("status_code", "prompt_tokens", "completion_tokens", "total_tokens")
 
-# A record's values by column name, on their way to one statement's JSON parameter.
+# A record's values by column name, on their way to the staging table.
 Row = dict[str, Any]
 # Told about a record PostgreSQL refused for good, with the reason.
 OnReject = Callable[[LogRecord, BaseException], None]
@@ -75,10 +61,15 @@ def _clean_text(value: object, limit: int) -> str:
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
+# Tuples, not ``int | float``: a union in isinstance() is built anew at every call.
+_NUMBER_TYPES = (int, float)
+_INT_SOURCE_TYPES = (int, float, str)
+
+
 def _clean_int(value: object) -> int | None:
     if type(value) is int and -INT32_MAX <= value <= INT32_MAX:
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, _INT_SOURCE_TYPES):
         return None
     try:
         number = int(value)
@@ -88,10 +79,12 @@ def _clean_int(value: object) -> int | None:
 
 
 def _clean_float(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
         return None
     number = float(value)
-    return number if math.isfinite(number) else None  # the batch is JSON: no NaN, no infinity
+    return number if math.isfinite(number) else None  # no NaN, no infinity in a log row
 
 
 def _clean_timestamp(value: object, request_id: str) -> datetime:
@@ -126,27 +119,36 @@ def _cleaner(name: str) -> Callable[[object], object]:
 CLEANERS = tuple((name, _cleaner(name)) for name in FIELDS if name != "created_at")
 
 
-def clean_values(record: LogRecord) -> Row:
+def clean_values(record: LogRecord | dict[str, Any]) -> Row:
     """The record's values as a row PostgreSQL accepts: bounded strings, no NUL, ints in range,
     a timestamp. Raises ValueError for something that is no record (no request_id).
+
+    A dict is a replayed line (``spool.decode_values``): its values are read the same way.
     """
+    if type(record) is dict:
+        if not record.get("request_id"):
+            raise ValueError("a record with a request_id is required")
+        get = record.get
+        row: Row = {name: None if (value := get(name)) is None else clean(value) for name, clean in CLEANERS}
+        row["created_at"] = _clean_timestamp(get("created_at"), row["request_id"])
+        return row
     if not isinstance(record, LogRecord) or not record.request_id:
         raise ValueError("a LogRecord with a request_id is required")
-    row: Row = {
+    row = {
         name: None if (value := getattr(record, name)) is None else clean(value) for name, clean in CLEANERS
     }
     row["created_at"] = _clean_timestamp(record.created_at, row["request_id"])
     return row
 
 
-def clean_record(record: LogRecord) -> LogRecord:
-    """A copy that PostgreSQL accepts (see ``clean_values``)."""
-    return LogRecord(**clean_values(record))
-
-
-def as_row(record: LogRecord) -> Row:
-    """The values of a record clean_record() made, as a row."""
-    return {name: getattr(record, name) for name in FIELDS}
+def as_record(values: LogRecord | dict[str, Any]) -> LogRecord:
+    """A LogRecord of a replayed line's values (for a rejected one: the rejected file keeps it)."""
+    if isinstance(values, LogRecord):
+        return values
+    known = {name: values.get(name) for name in FIELDS}
+    created_at = known["created_at"]
+    known["created_at"] = created_at if isinstance(created_at, datetime) else None
+    return LogRecord(**known)
 
 
 def merge_rows(rows: list[Row]) -> list[Row]:
@@ -175,82 +177,163 @@ def merge_rows(rows: list[Row]) -> list[Row]:
     return [merged[key] for key in sorted(merged)]
 
 
-# ---- the batch upsert -------------------------------------------------------------------------
+# ---- the batch upsert: COPY into a staging table, one set-based merge --------------------------
 #
-# One statement per batch, whatever its size: the batch travels as ONE json parameter, unpacked
-# on the server by json_to_recordset into typed columns (the types of the schema, so a value the
-# table would refuse is refused here, as a DataError). The requests upsert RETURNs the ids the
-# responses upsert needs, in the same statement. Compared with a row-by-row executemany this
-# saves a round trip, a parse and a plan per row; compared with COPY into a staging table it
-# needs no extra database object, no raw DBAPI cursor and keeps SQLAlchemy's error handling
-# (disconnects, DataError vs OperationalError) intact. json_to_recordset yields the array in
-# order, so rows are locked in the sorted order merge_rows() gives them.
+# A batch reaches PostgreSQL as one COPY (text format, encoded here) into a temporary staging
+# table of the writer's session, then ONE statement merges the staging table into both
+# partitioned tables: the requests upsert RETURNs the ids the responses upsert needs. COPY is the
+# cheapest way in for the server (no JSON to parse, no per-row statement, no WAL for the staging
+# table); the merge keeps the upsert semantics (later non-NULL values win, created_at never
+# changes). The staging table is created once per database connection (ON COMMIT DELETE ROWS:
+# empty at every transaction's start) and rows are copied in the sorted order merge_rows() gives
+# them, which a sequential scan of the fresh heap returns: concurrent writers lock in one order.
+
+STAGE_TABLE = "pglog_stage"
+# Whether created_at came from a UUIDv7 request id (see _partition_key): decided on the host.
+KEYED_COLUMN = "keyed"
+STAGE_COLUMNS = (*FIELDS, KEYED_COLUMN)
 
 
-def _batch_rows() -> CTE:
-    columns = [column(name, REQUESTS.c[name].type) for name in REQUEST_FIELDS]
-    columns += [column(name, RESPONSES.c[name].type) for name in RESPONSE_FIELDS]
-    records = func.json_to_recordset(cast(bindparam("batch", type_=Text), JSON)).table_valued(*columns)
-    batch = select(records.render_derived(name="record", with_types=True)).cte("batch")
-    others = [batch.c[name] for name in FIELDS if name != "created_at"]
-    return select(*others, _partition_key(batch).label("created_at")).cte("keyed")
+def _column_type(name: str) -> str:
+    table = RESPONSES if name in RESPONSE_FIELDS else REQUESTS
+    return table.c[name].type.compile(dialect=postgresql.dialect())
 
 
-def _partition_key(batch: CTE) -> ColumnElement[datetime]:
-    """The created_at a batch row is stored under (the partition key, part of the upsert key).
+CREATE_STAGE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} ("
+    + ", ".join(f"{name} {_column_type(name)}" for name in FIELDS)
+    + f", {KEYED_COLUMN} boolean) ON COMMIT DELETE ROWS"
+)
+COPY_STAGE = f"COPY {STAGE_TABLE} ({', '.join(STAGE_COLUMNS)}) FROM STDIN"
 
-    A UUIDv7 id fixed it already (clean_values). For other ids (records spooled by older
+
+def _merge_statement() -> str:
+    """The one statement that merges the staging table into requests and responses.
+
+    created_at, the partition key, is part of both conflict keys and never updated (a row cannot
+    change partition in an upsert). For ids that are no UUIDv7 (records spooled by older
     releases, whose two halves carry different times) the row already stored wins, found
-    through each partition's (request_id, created_at) index: without it a later half would
-    become a second row. Only those rare rows pay for the lookup (CASE evaluates it lazily).
+    through each partition's (request_id, created_at) index; only those rows pay the lookup.
     """
-    stored = (
-        select(REQUESTS.c.created_at)
-        .where(REQUESTS.c.request_id == batch.c.request_id)
-        .order_by(REQUESTS.c.created_at)
-        .limit(1)
-        .scalar_subquery()
+    request_columns = ", ".join(REQUEST_FIELDS)
+    keyed_time = (
+        f"CASE WHEN s.{KEYED_COLUMN} THEN s.created_at ELSE coalesce((SELECT r.created_at FROM requests r "
+        "WHERE r.request_id = s.request_id ORDER BY r.created_at LIMIT 1), s.created_at) END"
     )
-    is_uuid7 = batch.c.request_id.op("~")(literal_column(f"'{UUID7_PATTERN}'"))
-    return case((is_uuid7, batch.c.created_at), else_=func.coalesce(stored, batch.c.created_at))
-
-
-def _upsert_requests(batch: CTE) -> CTE:
-    statement = insert(REQUESTS).from_select(REQUEST_FIELDS, select(*(batch.c[n] for n in REQUEST_FIELDS)))
-    merged = {
-        name: func.coalesce(statement.excluded[name], REQUESTS.c[name])
+    selected = ", ".join(keyed_time if name == "created_at" else f"s.{name}" for name in REQUEST_FIELDS)
+    request_updates = ", ".join(
+        f"{name} = coalesce(excluded.{name}, requests.{name})"
         for name in REQUEST_FIELDS
         if name not in ("request_id", "created_at")
-    }
-    # created_at is the partition key: part of the conflict key, so never updated (a row cannot
-    # change partition in an upsert). Records agree on it through the UUIDv7 request id.
-    upsert = statement.on_conflict_do_update(
-        index_elements=[REQUESTS.c.request_id, REQUESTS.c.created_at], set_=merged
     )
-    return upsert.returning(REQUESTS.c.id, REQUESTS.c.request_id).cte("upserted")
-
-
-def _upsert_batch() -> Insert:
-    batch = _batch_rows()
-    upserted = _upsert_requests(batch)
-    rows = select(upserted.c.id, batch.c.created_at, *(batch.c[name] for name in RESPONSE_FIELDS))
-    rows = rows.join_from(upserted, batch, upserted.c.request_id == batch.c.request_id)
-    statement = insert(RESPONSES).from_select(["request_id_fk", "created_at", *RESPONSE_FIELDS], rows)
-    merged = {name: func.coalesce(statement.excluded[name], RESPONSES.c[name]) for name in RESPONSE_FIELDS}
-    return statement.on_conflict_do_update(
-        index_elements=[RESPONSES.c.request_id_fk, RESPONSES.c.created_at], set_=merged
+    response_updates = ", ".join(
+        f"{name} = coalesce(excluded.{name}, responses.{name})" for name in RESPONSE_FIELDS
+    )
+    response_columns = ", ".join(RESPONSE_FIELDS)
+    response_values = ", ".join(f"s.{name}" for name in RESPONSE_FIELDS)
+    return (
+        f"WITH upserted AS (INSERT INTO requests ({request_columns}) SELECT {selected} FROM {STAGE_TABLE} s "
+        f"ON CONFLICT (request_id, created_at) DO UPDATE SET {request_updates} "
+        "RETURNING id, request_id, created_at) "
+        f"INSERT INTO responses (request_id_fk, created_at, {response_columns}) "
+        f"SELECT u.id, u.created_at, {response_values} FROM upserted u "
+        f"JOIN {STAGE_TABLE} s ON s.request_id = u.request_id "
+        f"ON CONFLICT (request_id_fk, created_at) DO UPDATE SET {response_updates}"
     )
 
 
-UPSERT_BATCH = _upsert_batch()
+MERGE_STAGE = _merge_statement()
+# COPY's text format: these four characters are written as backslash escapes.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_value(value: object) -> str:
+    if value is None:
+        return "\\N"
+    if type(value) is str:
+        # Two scans at C speed find the common case, a value with nothing to escape.
+        return value if value.isprintable() and "\\" not in value else value.translate(_COPY_ESCAPES)
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return repr(value)  # int, float (finite: see _clean_float)
+
+
+def copy_data(rows: list[Row]) -> bytes:
+    """The rows (clean, merged) in COPY's text format, in STAGE_COLUMNS order."""
+    keyed = UUID7_TEXT.fullmatch
+    lines = [
+        "\t".join([*map(_copy_value, map(row.__getitem__, FIELDS)), "t" if keyed(row["request_id"]) else "f"])
+        for row in rows
+    ]
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+MERGE_PREPARED = "pglog_merge"
+
+
+def create_stage(dbapi_connection: Any, connection_record: Any) -> None:
+    """Pool "connect" event: the staging table and the merge prepared, once per connection.
+
+    The merge is planned once per connection instead of once per batch (its plan spans every
+    partition of both tables; PostgreSQL replans by itself when partitions come and go). Should
+    this fail, the connection works without: each batch then creates the staging table inside
+    its own transaction (IF NOT EXISTS) and sends the merge as text, and a refused CREATE is an
+    error of that batch like any other.
+    """
+    try:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
+            cursor.execute(CREATE_STAGE)
+            cursor.execute(f"PREPARE {MERGE_PREPARED} AS {MERGE_STAGE}")
+        dbapi_connection.commit()
+    except Exception:
+        with contextlib.suppress(Exception):
+            dbapi_connection.rollback()
+        return
+    connection_record.info[STAGE_TABLE] = True
+
+
+def _copy_into_stage(connection: Connection, data: bytes) -> None:
+    """COPY through the driver connection (psycopg2 or psycopg 3), errors wrapped like SQLAlchemy's."""
+    pooled = connection.connection
+    driver = pooled.driver_connection
+    dbapi = connection.dialect.loaded_dbapi
+    cursor = driver.cursor()
+    statement = COPY_STAGE
+    try:
+        if not pooled.info.get(STAGE_TABLE):  # a connection made before create_stage() listened
+            statement = CREATE_STAGE
+            cursor.execute(CREATE_STAGE)  # rolled back with the batch, if the batch fails
+            statement = COPY_STAGE
+        if hasattr(cursor, "copy_expert"):  # psycopg2
+            cursor.copy_expert(COPY_STAGE, io.BytesIO(data))
+        else:  # psycopg 3
+            with cursor.copy(COPY_STAGE) as copy:
+                copy.write(data)
+    except dbapi.Error as exc:
+        invalidated = connection.dialect.is_disconnect(exc, driver, cursor)
+        if invalidated:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi.Error, connection_invalidated=invalidated, dialect=connection.dialect
+        ) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            cursor.close()
 
 
 def upsert_rows(connection: Connection, rows: list[Row]) -> int:
-    """Merge the (clean) rows and upsert them, one statement; returns the request rows touched."""
+    """Merge the (clean) rows and upsert them: one COPY and one statement; returns the request
+    rows touched. Must run inside a transaction (the staging table empties at its commit)."""
     merged = merge_rows(rows)
     if merged:
-        # Cleaned text is valid UTF-8 without NUL: nothing json_to_recordset would refuse.
-        connection.execute(UPSERT_BATCH, {"batch": fastjson.dumps_rows(merged)})
+        _copy_into_stage(connection, copy_data(merged))
+        prepared = connection.connection.info.get(STAGE_TABLE)
+        connection.exec_driver_sql(f"EXECUTE {MERGE_PREPARED}" if prepared else MERGE_STAGE)
     return len(merged)
 
 
@@ -276,12 +359,13 @@ class DatabaseSink:
         self._metrics = metrics
         self._on_reject = on_reject
         self._deadline = CallDeadline(engine, timeout)
+        event.listen(engine, "connect", create_stage)
 
     def write(self, records: list[LogRecord]) -> int:
         """Clean, then write records of any origin (the spool); see ``write_rows``."""
         return self.write_rows(self.rows_of(records))
 
-    def rows_of(self, records: list[LogRecord]) -> list[Row]:
+    def rows_of(self, records: list[LogRecord] | list[dict[str, Any]]) -> list[Row]:
         """The records cleaned into rows; one that is no record at all is rejected at once.
 
         Thread-safe: a replay cleans the next batch on a helper thread (see durable.read_ahead).
@@ -291,12 +375,8 @@ class DatabaseSink:
             try:
                 rows.append(clean_values(record))
             except ValueError as exc:  # no request_id: no row can ever hold it
-                self._on_reject(record, exc)
+                self._on_reject(as_record(record), exc)
         return rows
-
-    def write_clean(self, records: list[LogRecord]) -> int:
-        """Write records clean_record() made (submit() did); see ``write_rows``."""
-        return self.write_rows([as_row(record) for record in records])
 
     def write_rows(self, rows: list[Row]) -> int:
         """How many of the rows reached PostgreSQL; the others were rejected for good.

@@ -24,10 +24,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from litellm_pglog import fastjson
 from litellm_pglog.limits import JOURNAL_ROTATE_BYTES, JOURNAL_ROTATE_SECONDS
-from litellm_pglog.records import LogRecord
+from litellm_pglog.records import UUID7_TEXT, LogRecord
 
 log = logging.getLogger("litellm_pglog")
 
@@ -55,6 +56,21 @@ def encode_line(record: LogRecord) -> bytes:
     return LINE_ENCODER.encode(data).encode("ascii") + b"\n"
 
 
+def encode_row(row: dict[str, object]) -> bytes:
+    """One JSON line of a cleaned record's values (``sink.clean_values``): submit() runs this.
+
+    orjson when installed (UTF-8; a cleaned row holds no lone surrogate, no NaN), else the
+    ASCII line of ``encode_line``; ``decode_line`` reads both.
+    """
+    return (
+        fastjson.dumps_line(row)
+        or LINE_ENCODER.encode(
+            {name: value.isoformat() if isinstance(value, datetime) else value for name, value in row.items()}
+        ).encode("ascii")
+        + b"\n"
+    )
+
+
 def decode_line(line: bytes) -> LogRecord:
     """``LogRecord.from_json_dict(json.loads(line))``, faster: a replay decodes every line.
 
@@ -67,6 +83,25 @@ def decode_line(line: bytes) -> LogRecord:
     if created_at := values.get("created_at"):
         values["created_at"] = datetime.fromisoformat(created_at)
     return LogRecord(**values)
+
+
+def decode_values(line: bytes) -> dict[str, Any]:
+    """One line's record as a dict of its JSON values, for a replay (``sink.clean_values``
+    takes it as it is: no LogRecord made per line).
+
+    created_at is parsed only where it decides the row's time, for ids that are no UUIDv7 (of
+    a UUIDv7 id the writer reads the time from the id). Raises ValueError or TypeError for a
+    line that holds no record, like ``decode_line``.
+    """
+    data = fastjson.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    created_at = data.get("created_at")
+    if created_at and not (
+        isinstance(data.get("request_id"), str) and UUID7_TEXT.fullmatch(data["request_id"])
+    ):
+        data["created_at"] = datetime.fromisoformat(created_at)
+    return data
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -134,12 +169,13 @@ class ClaimedFile:
         self.path = path
         self._fd = fd
 
-    def batches(self, size: int, on_bad_line: Callable[[int, str], None]) -> Iterator[list[LogRecord]]:
-        batch: list[LogRecord] = []
+    def batches(self, size: int, on_bad_line: Callable[[int, str], None]) -> Iterator[list[dict[str, Any]]]:
+        """The file's records in lists of up to ``size``, as ``decode_values`` gives them."""
+        batch: list[dict[str, Any]] = []
         with open(self._fd, "rb", closefd=False) as stream:
             for number, line in enumerate(stream, start=1):
                 try:
-                    batch.append(decode_line(line))
+                    batch.append(decode_values(line))
                 except (ValueError, TypeError) as exc:
                     # Only a crash in the middle of a write leaves such a line (the torn tail).
                     on_bad_line(number, type(exc).__name__)

@@ -9,7 +9,8 @@ are replayed once it answers again, or by the next process that starts.
 ``LogWriter`` only wires the parts together and runs the thread:
 
 - ``batching.BatchQueue``: the queue, batch assembly and the flush watermark;
-- ``sink.DatabaseSink``: cleaning, merging and upserting records (one statement per batch),
+- ``sink.DatabaseSink``: cleaning, merging and upserting records (one COPY into a staging
+  table and one prepared merge statement per batch),
   isolating a refused record;
 - ``durable.DurableStore``: the journal, the spool, rejected records and loud drops;
 - ``outage.OutageState``: down/up, retry backoff and when to replay the spool;
@@ -35,8 +36,8 @@ from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError
-from litellm_pglog.sink import DatabaseSink, Row, clean_record
-from litellm_pglog.spool import SPOOL_GLOB
+from litellm_pglog.sink import DatabaseSink, Row, clean_values
+from litellm_pglog.spool import SPOOL_GLOB, encode_row
 
 log = logging.getLogger("litellm_pglog")
 
@@ -87,18 +88,19 @@ class LogWriter:
         """Journal and queue a record; never blocks on the database and never raises."""
         self._metrics.count("submitted")
         try:
-            cleaned = clean_record(record)
+            row = clean_values(record)  # cleaned once, encoded once: the line serves journal and spool
+            line = encode_row(row)
         except Exception as exc:  # a logging add-on must not fail the request
             self._store.drop(1, f"unusable record ({exc})")
             return
         # When stopping, the record goes to the spool and its fsync at once: no journal needed.
         stopping = self._queue.closed
-        journal_file = None if stopping else self._store.journal_record(cleaned)
-        if self._queue.put(cleaned, journal_file):
+        journal_file = None if stopping else self._store.journal_line(line)
+        if self._queue.put(row, line, journal_file):
             return
         # Queue full (PostgreSQL slower than the traffic) or stopping: straight to the spool,
         # fsynced when the writer thread seals the file for replay, by flush(), at once when stopping.
-        self._store.spool_records([cleaned], sync=stopping)
+        self._store.spool_lines([line], sync=stopping)
         self._store.settle([journal_file])
 
     def flush(self, timeout: float) -> bool:
@@ -155,7 +157,7 @@ class LogWriter:
         self._metrics.queue_depth(len(self._queue))
         if batch:
             try:
-                self._handle([queued.record for queued in batch])
+                self._handle(batch)
             finally:
                 self._store.settle(queued.journal_file for queued in batch)
                 self._queue.settle(batch)
@@ -167,15 +169,15 @@ class LogWriter:
             self._replay_spool()
         return True
 
-    def _handle(self, records: list[LogRecord]) -> None:
+    def _handle(self, batch: list[Queued]) -> None:
         if self._outage.waiting_to_retry():
-            self._store.spool_records(records, sync=True)
+            self._store.spool_lines([queued.line for queued in batch], sync=True)
             return
         try:
-            written = self._sink.write_clean(records)  # submit() cleaned them
+            written = self._sink.write_rows([queued.row for queued in batch])  # submit() cleaned them
         except Exception as exc:  # every failure keeps the records
             self._mark_down(exc)
-            self._store.spool_records(records, sync=True)
+            self._store.spool_lines([queued.line for queued in batch], sync=True)
             return
         self._metrics.count("written", written)
         self._outage.mark_up()
@@ -199,7 +201,7 @@ class LogWriter:
         self._outage.mark_down(describe_db_error(exc, self._sink.engine.url))
 
     def _spool_left(self, left: list[Queued]) -> None:
-        self._store.spool_records([queued.record for queued in left], sync=True)
+        self._store.spool_lines([queued.line for queued in left], sync=True)
         self._store.settle(queued.journal_file for queued in left)
 
 
