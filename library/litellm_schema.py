@@ -32,9 +32,6 @@ description:
     the partitions C(requests_legacy) and C(responses_legacy); a DEFAULT partition and daily
     partitions for the next 7 days are created). Later partitions are created and expired ones
     dropped by the package's C(litellm-pglog-maintain) command, not by this module.
-  - Revision 0004 replaces the foreign key C(responses) -> C(requests) by two statement-level
-    triggers (a responses row without its requests row is refused, a DELETE on C(requests)
-    cascades), which cost PostgreSQL far less CPU per logged request.
   - Reports C(changed) only when DDL ran.
   - Returns the SQL statements it executed in RV(queries), like the C(community.postgresql) modules.
   - In check mode it reports the pending revisions and the statements an upgrade would execute,
@@ -122,18 +119,18 @@ revision:
   description: Revision of the database after the module ran (in check mode, the revision it would have).
   returned: always
   type: str
-  sample: "0004"
+  sample: "0003"
 head:
   description: Head revision of the migrations shipped in the package.
   returned: always
   type: str
-  sample: "0004"
+  sample: "0003"
 pending:
   description: Revisions that were applied (in check mode, that would be applied), oldest first.
   returned: always
   type: list
   elements: str
-  sample: ["0001", "0002", "0003", "0004"]
+  sample: ["0001", "0002", "0003"]
 queries:
   description:
     - SQL statements executed by the upgrade, in order (in check mode, the statements it would execute).

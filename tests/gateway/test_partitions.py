@@ -29,7 +29,6 @@ from litellm_pglog.schema import _config, render_upgrade_sql, upgrade_schema
 from litellm_pglog.sink import DatabaseSink, write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from test_schema import run_concurrently
 
@@ -346,7 +345,7 @@ def test_in_place_upgrade_of_a_populated_database_loses_nothing(populated_0002):
 
     status = upgrade_schema(populated_0002)
 
-    assert status.pending == ["0003", "0004"]
+    assert status.pending == ["0003"]
     assert snapshot(engine) == before
     with engine.connect() as connection:
         where = (
@@ -407,30 +406,6 @@ def test_runbook_part_7_runs_on_the_partitioned_tables(migrated_url):
 
     # ANALYZE of a partitioned table samples every partition: the parents have statistics.
     assert {"requests", "responses"} <= {row.tablename for row in stats}
-
-
-# ---- revision 0004: the link checked per statement ----------------------------------------------
-
-
-def test_the_link_refuses_a_response_without_its_request_and_deletes_cascade(migrated_url):
-    """What the foreign key guaranteed, from the statement triggers of revision 0004."""
-    records = [LogRecord(request_id=new_request_id()[0], status_code=200, total_tokens=n) for n in range(3)]
-    engine = make_engine(migrated_url)
-    with engine.begin() as connection:
-        write_records(connection, records)
-    count = text("SELECT count(*) FROM responses")
-    with engine.connect() as connection:
-        orphan = text("INSERT INTO responses (request_id_fk, created_at) VALUES (-1, now())")
-        with pytest.raises(IntegrityError, match="has no requests row"):
-            connection.execute(orphan)
-    with engine.begin() as connection:
-        assert connection.execute(count).scalar_one() == 3
-        delete = text("DELETE FROM requests WHERE request_id = :id")
-        connection.execute(delete, {"id": records[0].request_id})
-        assert connection.execute(count).scalar_one() == 2
-        fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'responses'::regclass"
-        assert connection.execute(text(fks)).scalar_one() == 0
-    engine.dispose()
 
 
 def test_a_writer_connection_routes_into_partitions_created_after_it_prepared_its_merge(migrated_url):

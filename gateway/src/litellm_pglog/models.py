@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Double,
+    ForeignKeyConstraint,
     Identity,
     Index,
     MetaData,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -58,6 +59,8 @@ class Request(Base):
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
 
+    response: Mapped[Response | None] = relationship(back_populates="request", passive_deletes=True)
+
     __table_args__ = (
         PrimaryKeyConstraint("id", "created_at"),
         # The writer's upsert key: one row per request (created_at comes from the request id).
@@ -84,12 +87,18 @@ class Response(Base):
     completion_tokens: Mapped[int | None]
     total_tokens: Mapped[int | None]
 
+    request: Mapped[Request] = relationship(back_populates="response")
+
     __table_args__ = (
         PrimaryKeyConstraint("id", "created_at"),
         UniqueConstraint("request_id_fk", "created_at"),
-        # The link (request_id_fk, created_at) -> requests (id, created_at) is no foreign key
-        # since revision 0004: statement-level triggers check it on INSERT and cascade DELETEs
-        # (a foreign key cost one query and one row lock per inserted row).
+        # Partitions are dropped responses first, then requests detached and dropped: with the
+        # referencing partition gone, the detach's check finds nothing to verify (partitions.py).
+        ForeignKeyConstraint(
+            ["request_id_fk", "created_at"],
+            ["requests.id", "requests.created_at"],
+            ondelete="CASCADE",
+        ),
         Index("ix_responses_created_at", "created_at"),
         {"postgresql_partition_by": PARTITION_BY},
     )

@@ -13,9 +13,8 @@ nothing left to do):
    partition in the same transaction (PostgreSQL refuses to create it otherwise);
 2. drops the partitions whose whole range is older than the retention (upper bound at or
    before the start of today - retention days), the legacy one included once it qualifies:
-   responses first, then requests detached and dropped (the order the foreign key of
-   revisions 0003 needed; since 0004 the link is checked by statement triggers, which
-   partition DDL does not fire);
+   responses first, then requests detached and dropped (the link's detach check then has
+   no referencing rows left to look for);
 3. deletes the DEFAULT partitions' rows older than the retention.
 Retention 0 keeps everything. A second run changes nothing.
 """
@@ -196,9 +195,7 @@ def create_span(connection: Connection, span: Span, apply: bool) -> list[str]:
 
 def drop_partition(connection: Connection, parent: str, partition: Partition, apply: bool) -> str:
     if apply:
-        if (
-            parent == "requests"
-        ):  # under revision 0003's foreign key a referenced partition could not be dropped while attached
+        if parent == "requests":  # a referenced partition cannot be dropped while attached
             connection.execute(text(f'ALTER TABLE {parent} DETACH PARTITION "{partition.name}"'))
         connection.execute(text(f'DROP TABLE "{partition.name}"'))
     until = f"{partition.upper:%Y-%m-%d %H:%M}" if partition.upper else "?"
