@@ -74,7 +74,8 @@ ensure_dockerd() {
     if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
       rm -f /var/run/docker.pid
     fi
-    nohup dockerd > /var/log/litellm-lab-dockerd.log 2>&1 &
+    # Its own session: dockerd must outlive the script (and the terminal or job) that started it.
+    setsid nohup dockerd > /var/log/litellm-lab-dockerd.log 2>&1 < /dev/null &
   fi
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && return 0
