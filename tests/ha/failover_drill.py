@@ -100,7 +100,11 @@ def main() -> int:
         time.sleep(5)
         started = time.monotonic()
         rc2, output2 = halab.ansible_playbook(
-            "failover.yml", "-e", f"failover_primary={halab.STANDBY}", "-e", f"failover_rebuild={halab.PRIMARY}"
+            "failover.yml",
+            "-e",
+            f"failover_primary={halab.STANDBY}",
+            "-e",
+            f"failover_rebuild={halab.PRIMARY}",
         )
         figures["rebuild_rc"] = rc2
         figures["rebuild_s"] = round(time.monotonic() - started, 1)

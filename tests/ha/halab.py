@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -41,15 +42,32 @@ def check_routes(*addresses: str) -> None:
     ).stdout.strip()
     bridge = "br-" + net_id[:12]
     for address in addresses or (BALANCER, *GATEWAYS.values()):
-        route = subprocess.run(["ip", "route", "get", address], check=True, capture_output=True, text=True).stdout
+        route = subprocess.run(
+            ["ip", "route", "get", address], check=True, capture_output=True, text=True
+        ).stdout
         if f"dev {bridge} " not in route + " ":
-            raise SystemExit(f"refusing to send traffic: {address} does not route via {bridge} ({route.strip()})")
+            raise SystemExit(
+                f"refusing to send traffic: {address} does not route via {bridge} ({route.strip()})"
+            )
 
 
 def psql(sql: str, host: str = PRIMARY) -> list[list[str]]:
     """Run SQL as postgres inside a database container (unaligned, tab-separated rows)."""
     out = subprocess.run(
-        ["docker", "exec", "-i", host, "runuser", "-u", "postgres", "--", "psql", "-d", "litellm_db", "-XAtF\t"],
+        [
+            "docker",
+            "exec",
+            "-i",
+            host,
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-d",
+            "litellm_db",
+            "-XAtF\t",
+        ],
         input=sql,
         check=True,
         capture_output=True,
@@ -81,7 +99,9 @@ class LoadResult:
         return len(self.ids) / self.seconds if self.seconds else 0.0
 
 
-async def load(base: str, stop: threading.Event | None, concurrency: int, duration: float | None = None) -> LoadResult:
+async def load(
+    base: str, stop: threading.Event | None, concurrency: int, duration: float | None = None
+) -> LoadResult:
     """Send chat completions until ``stop`` is set (or for ``duration`` s); record call ids."""
     result = LoadResult()
     started = time.monotonic()
@@ -138,10 +158,13 @@ def rows_for(ids: list[str], host: str = PRIMARY, timeout: float = 180.0) -> tup
     """Wait until every id has a requests row; return (missing ids, duplicated ids, seconds waited)."""
     started = time.monotonic()
     wanted = set(ids)
+    if any(not re.fullmatch(r"[0-9A-Za-z_.:-]+", i) for i in wanted):
+        raise ValueError("unexpected characters in a call id")
     values = ",".join(f"('{i}')" for i in wanted)
     sql = (
         f"CREATE TEMP TABLE want(id text); INSERT INTO want VALUES {values};"
-        " SELECT w.id, count(r.request_id) FROM want w LEFT JOIN requests r ON r.request_id = w.id GROUP BY w.id;"
+        " SELECT w.id, count(r.request_id) FROM want w"
+        " LEFT JOIN requests r ON r.request_id::text = w.id GROUP BY w.id;"
     )
     while True:
         counts = {row[0]: int(row[1]) for row in psql(sql, host) if len(row) == 2}

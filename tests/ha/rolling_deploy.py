@@ -19,7 +19,16 @@ CONCURRENCY = 8
 
 def started_at(host: str) -> str:
     return subprocess.run(
-        ["docker", "exec", host, "systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "litellm-gateway"],
+        [
+            "docker",
+            "exec",
+            host,
+            "systemctl",
+            "show",
+            "-p",
+            "ExecMainStartTimestampMonotonic",
+            "litellm-gateway",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -57,7 +66,13 @@ def main() -> int:
         print(output[-4000:])
     if result.failures:
         print("first failures:", result.failures[:5])
-    ok = rc == 0 and len(restarted) == len(halab.GATEWAYS) and not result.failures and not missing and not duplicated
+    ok = (
+        rc == 0
+        and len(restarted) == len(halab.GATEWAYS)
+        and not result.failures
+        and not missing
+        and not duplicated
+    )
     return 0 if ok else 1
 
 

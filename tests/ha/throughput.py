@@ -18,13 +18,18 @@ SECONDS = 20
 CONCURRENCY = 16
 
 
-
 def set_state(server: str, state: str) -> None:
     subprocess.run(
-        ["docker", "exec", "hatest-lb", "python3", "-c",
-         "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"
-         " s.sendall(sys.argv[1].encode()+b'\\n'); print(s.recv(65536).decode())",
-         f"set server litellm_gateways/{server} state {state}"],
+        [
+            "docker",
+            "exec",
+            "hatest-lb",
+            "python3",
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"
+            " s.sendall(sys.argv[1].encode()+b'\\n'); print(s.recv(65536).decode())",
+            f"set server litellm_gateways/{server} state {state}",
+        ],
         check=True,
         capture_output=True,
     )
