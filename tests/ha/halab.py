@@ -25,8 +25,10 @@ GATEWAYS = {"hatest-gw1": "192.168.79.12", "hatest-gw2": "192.168.79.13"}
 PRIMARY, STANDBY = "hatest-postgres", "hatest-standby"
 PORT = 4000
 REPO = Path(__file__).resolve().parents[2]
-LAB_DIR = Path(os.environ.get("HA_LAB_DIR") or Path.home() / ".cache/molecule/wt-ha/ha/lab")
-INVENTORY = os.environ.get("HA_INVENTORY") or str(Path.home() / ".cache/molecule/wt-ha/ha/inventory")
+# molecule's ephemeral directory of the scenario (molecule/ha sets LITELLM_LAB_DIR below it).
+_EPHEMERAL = next(iter(sorted(Path.home().glob(".ansible/tmp/molecule.*.ha"))), Path("/nonexistent"))
+LAB_DIR = Path(os.environ.get("HA_LAB_DIR") or _EPHEMERAL / "lab")
+INVENTORY = os.environ.get("HA_INVENTORY") or str(_EPHEMERAL / "inventory")
 CA_FILE = LAB_DIR / "pki" / "ca.crt"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, HA"}], "max_tokens": 5}
 
