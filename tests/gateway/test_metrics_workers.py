@@ -256,6 +256,13 @@ def test_a_killed_worker_keeps_its_counts_and_loses_its_live_gauges(gateway, exp
     # LiteLLM's startup in the replacement worker deletes them (mark_process_dead: uvicorn has no
     # exit hook for it).
     exporter = exporters["plain"]
+    # A worker's active journal keeps its settled lines until it is retired (JOURNAL_ROTATE_SECONDS)
+    # and deleted; killed before that, the replacement replays them (idempotent upserts, but
+    # counted as written again). Wait for every worker's journal to be gone first.
+    deadline = time.monotonic() + 30
+    while list(gateway.spool_dir.glob("journal-*.jsonl")):
+        assert time.monotonic() < deadline, "the workers' journals were never retired"
+        time.sleep(0.2)
     before = exporter.quiet()
     victim = int(next(gateway.multiproc_dir.glob("gauge_livesum_*.db")).stem.rpartition("_")[2])
     os.kill(victim, signal.SIGKILL)
