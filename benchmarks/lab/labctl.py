@@ -147,17 +147,28 @@ def chat_status(key: str, timeout: float = 30) -> int:
     return answer.status_code
 
 
+# ansible-playbook against the lab's inventory (what scripts/lab-playbook runs, minus its setup).
+PLAYBOOK_ARGV = ("ansible-playbook", "-i", "inventory/lab")
+
+
+def ansible_env() -> dict[str, str]:
+    """The environment of a playbook run against the lab (as scripts/lab-playbook sets it)."""
+    env = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_LIBRARY": str(REPO / "library")}
+    env.setdefault("LITELLM_LAB_DIR", str(REPO / ".lab"))
+    return env
+
+
 def converge(extra_vars: str | None = None, log: Path | None = None) -> None:
     """The gateway play of the deployment (playbooks/gateway.yml) against the lab's inventory,
     optionally with a vars file (-e @file): what a key change touches, without re-running the
     firewall, PostgreSQL and monitoring plays of a full site.yml converge.
     """
-    argv = ["ansible-playbook", "-i", "inventory/lab", "playbooks/gateway.yml"]
+    argv = [*PLAYBOOK_ARGV, "playbooks/gateway.yml"]
     argv += ["-e", f"@{extra_vars}"] if extra_vars else []
-    env = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_LIBRARY": str(REPO / "library")}
-    env.setdefault("LITELLM_LAB_DIR", str(REPO / ".lab"))
     with open(log or os.devnull, "a") as out:
-        result = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(
+            argv, cwd=REPO, env=ansible_env(), stdout=out, stderr=subprocess.STDOUT, check=False
+        )
     if result.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed ({result.returncode}); see {log}")
 
