@@ -103,13 +103,23 @@ write_lab_env() {
   local env_file="$LITELLM_LAB_DIR/lab.env"
   cat > "$env_file.tmp" <<ENV
 # Written by scripts/lab-deploy and scripts/test; source it: . .lab/lab.env
-LAB_GATEWAY_URL=https://192.168.10.18:4000
+# The URL clients use: HAProxy on hx-loadbalancer (TLS passed through to the gateways).
+LAB_GATEWAY_URL=https://192.168.10.24:4000
+# The first gateway itself, bypassing the balancer (fault drills, load and restore benchmarks
+# measure this one gateway); the second is https://192.168.10.23:4000 (hx-litellm-server-2).
+LAB_GATEWAY_DIRECT_URL=https://192.168.10.18:4000
+LAB_GATEWAY_HOSTS="hx-litellm-server hx-litellm-server-2"
+LAB_BALANCER_HOST=hx-loadbalancer
+LAB_BALANCER_STATS_URL=http://192.168.10.24:8404/stats
 LAB_CA_FILE=$LITELLM_LAB_DIR/pki/ca.crt
 LAB_SECRETS_DIR=$LITELLM_LAB_DIR/secrets
 LAB_NETWORK=litellm-lab
 LAB_GATEWAY_HOST=hx-litellm-server
 LAB_POSTGRES_HOST=hx-postgres-server
 LAB_POSTGRES_ADDRESS=192.168.10.19
+# Hot standby of hx-postgres-server (streaming replication; playbooks/failover.yml promotes it).
+LAB_POSTGRES_STANDBY_HOST=hx-postgres-standby
+LAB_POSTGRES_STANDBY_ADDRESS=192.168.10.25
 LAB_UPSTREAM_URL=http://192.168.10.20:8080
 # Prometheus text of every gateway worker; send the scrape token (secrets/metrics_token).
 LAB_METRICS_URL=http://192.168.10.18:9464/metrics

@@ -29,14 +29,19 @@ def read_lab_env(path: Path = REPO / ".lab" / "lab.env") -> dict[str, str]:
     if not path.exists():
         return {}
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
+    # Values may be quoted for the shell (a list of hosts): the quotes are not part of them.
+    return {key.strip(): value.strip().strip('"') for key, value in pairs if not key.lstrip().startswith("#")}
 
 
 LAB_ENV = read_lab_env()
 LAB_SECRETS = Path(LAB_ENV.get("LAB_SECRETS_DIR") or REPO / ".lab" / "secrets")
 GATEWAY_HOST = LAB_ENV.get("LAB_GATEWAY_HOST", "hx-litellm-server")
 POSTGRES_HOST = LAB_ENV.get("LAB_POSTGRES_HOST", "hx-postgres-server")
-GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_URL", "https://192.168.10.18:4000")
+# The drills and benchmarks measure one gateway (GATEWAY_HOST), so they talk to it directly, not
+# through the balancer (LAB_GATEWAY_URL) that would share their requests with the other gateway.
+GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_DIRECT_URL") or LAB_ENV.get(
+    "LAB_GATEWAY_URL", "https://192.168.10.18:4000"
+)
 # The deployment CA that verifies the gateway's certificate (httpx's verify=; True: system CAs).
 CA_FILE = LAB_ENV.get("LAB_CA_FILE") or None
 TLS_VERIFY: str | bool = CA_FILE or True
@@ -44,7 +49,7 @@ GATEWAY_ADDRESS = urlsplit(GATEWAY_URL).hostname or "192.168.10.18"
 METRICS_URL = LAB_ENV.get("LAB_METRICS_URL", f"http://{GATEWAY_ADDRESS}:9464/metrics")
 METRICS_TOKEN_FILE = Path(LAB_ENV.get("LAB_METRICS_TOKEN_FILE") or LAB_SECRETS / "metrics_token")
 LAB_NETWORK = LAB_ENV.get("LAB_NETWORK", "litellm-lab")
-LAB_ADDRESSES = ("192.168.10.18", "192.168.10.19", "192.168.10.20", "192.168.10.21", "192.168.10.22")
+LAB_ADDRESSES = tuple(f"192.168.10.{host}" for host in range(18, 26))
 SERVICE = "litellm-gateway"
 POSTGRES_UNIT = "postgresql@17-main"
 DATABASE = "litellm_db"

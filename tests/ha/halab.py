@@ -1,8 +1,8 @@
-"""Shared helpers of the HA lab tests (molecule/ha): addresses, secrets, load, log rows.
+"""Shared helpers of the HA drills: addresses, secrets, load, log rows.
 
-Traffic goes only to the ha-test containers: ``check_routes`` refuses to send anything unless
-every destination routes via the ha-test Docker bridge. Secrets are read from the scenario's
-lab directory (HA_LAB_DIR) and never printed.
+They run against the lab of scripts/lab-deploy (network litellm-lab). Traffic goes only to the
+lab's containers: ``check_routes`` refuses to send anything unless every destination routes via its
+Docker bridge. Secrets are read from the target's lab directory and never printed.
 """
 
 from __future__ import annotations
@@ -19,16 +19,42 @@ from pathlib import Path
 
 import httpx
 
-NETWORK = "ha-test"
-BALANCER = "192.168.79.14"
-GATEWAYS = {"hatest-gw1": "192.168.79.12", "hatest-gw2": "192.168.79.13"}
-PRIMARY, STANDBY = "hatest-postgres", "hatest-standby"
-PORT = 4000
 REPO = Path(__file__).resolve().parents[2]
-# molecule's ephemeral directory of the scenario (molecule/ha sets LITELLM_LAB_DIR below it).
-_EPHEMERAL = next(iter(sorted(Path.home().glob(".ansible/tmp/molecule.*.ha"))), Path("/nonexistent"))
-LAB_DIR = Path(os.environ.get("HA_LAB_DIR") or _EPHEMERAL / "lab")
-INVENTORY = os.environ.get("HA_INVENTORY") or str(_EPHEMERAL / "inventory")
+PORT = 4000
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the HA tests send traffic and which containers they act on."""
+
+    network: str
+    balancer: str  # the balancer's address (clients connect to it)
+    balancer_host: str  # its container / inventory name
+    gateways: dict[str, str]  # inventory name -> address
+    primary: str
+    standby: str
+    lab_dir: Path  # .lab of that deployment (pki/ca.crt, secrets/)
+    inventory: str
+
+
+# The lab of scripts/lab-deploy (molecule/default, network litellm-lab).
+TARGET = Topology(
+    network="litellm-lab",
+    balancer="192.168.10.24",
+    balancer_host="hx-loadbalancer",
+    gateways={"hx-litellm-server": "192.168.10.18", "hx-litellm-server-2": "192.168.10.23"},
+    primary="hx-postgres-server",
+    standby="hx-postgres-standby",
+    lab_dir=Path(os.environ.get("LITELLM_LAB_DIR") or REPO / ".lab"),
+    inventory=str(REPO / "inventory" / "lab"),
+)
+
+NETWORK = TARGET.network
+BALANCER, BALANCER_HOST = TARGET.balancer, TARGET.balancer_host
+GATEWAYS = TARGET.gateways
+PRIMARY, STANDBY = TARGET.primary, TARGET.standby
+LAB_DIR = TARGET.lab_dir
+INVENTORY = TARGET.inventory
 CA_FILE = LAB_DIR / "pki" / "ca.crt"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, HA"}], "max_tokens": 5}
 
@@ -38,7 +64,7 @@ def secret(name: str) -> str:
 
 
 def check_routes(*addresses: str) -> None:
-    """Refuse to run unless every address routes via the ha-test bridge."""
+    """Refuse to run unless every address routes via the target network's bridge."""
     net_id = subprocess.run(
         ["docker", "network", "inspect", "-f", "{{.Id}}", NETWORK], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -178,7 +204,7 @@ def rows_for(ids: list[str], host: str = PRIMARY, timeout: float = 180.0) -> tup
 
 
 def ansible_playbook(playbook: str, *args: str) -> tuple[int, str]:
-    """Run a repository playbook against the scenario's inventory (as molecule does)."""
+    """Run a repository playbook against the target's inventory (as molecule does)."""
     env = dict(os.environ)
     env.setdefault("ANSIBLE_ROLES_PATH", str(REPO / "roles"))
     env.setdefault("ANSIBLE_LIBRARY", str(REPO / "library"))
@@ -188,6 +214,7 @@ def ansible_playbook(playbook: str, *args: str) -> tuple[int, str]:
     env["ANSIBLE_FORCE_COLOR"] = "0"
     proc = subprocess.run(
         ["ansible-playbook", "-i", INVENTORY, str(REPO / "playbooks" / playbook), *args],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

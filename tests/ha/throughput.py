@@ -1,6 +1,6 @@
 """Requests/s through the balancer with 1 and 2 gateways, in one run (same load, same machine).
 
-With one gateway the other is put in maintenance at the balancer (runtime API on hatest-lb);
+With one gateway the other is put in maintenance at the balancer (runtime API on the balancer);
 both are back in service at the end. Every container shares this machine's 2 cores, so the
 ratio, not the absolute rate, is the figure.
 """
@@ -15,6 +15,8 @@ import time
 import halab
 
 SECONDS = 20
+# The gateway put in maintenance for the one-gateway half.
+SECOND = list(halab.GATEWAYS)[-1]
 CONCURRENCY = 16
 
 
@@ -23,7 +25,7 @@ def set_state(server: str, state: str) -> None:
         [
             "docker",
             "exec",
-            "hatest-lb",
+            halab.BALANCER_HOST,
             "python3",
             "-c",
             "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"
@@ -41,11 +43,11 @@ def main() -> int:
     figures = {}
     asyncio.run(halab.load(base, None, concurrency=4, duration=3))  # warm up both gateways
     try:
-        set_state("hatest-gw2", "maint")
+        set_state(SECOND, "maint")
         time.sleep(1)
         one = asyncio.run(halab.load(base, None, concurrency=CONCURRENCY, duration=SECONDS))
     finally:
-        set_state("hatest-gw2", "ready")
+        set_state(SECOND, "ready")
     time.sleep(6)  # rise 2 x inter 2 s
     two = asyncio.run(halab.load(base, None, concurrency=CONCURRENCY, duration=SECONDS))
     figures = {

@@ -26,6 +26,13 @@ GATEWAY_HOST = "hx-litellm-server"
 UPSTREAM_HOST = "llm-upstream"
 MONITORING_HOST = "hx-monitoring-server"
 BACKUP_HOST = "hx-backup-server"
+# Issue 13: the hot standby, the second gateway and the load balancer.
+STANDBY_HOST = "hx-postgres-standby"
+GATEWAY2_HOST = "hx-litellm-server-2"
+BALANCER_HOST = "hx-loadbalancer"
+STANDBY_ADDRESS = "192.168.10.25"
+GATEWAY2_ADDRESS = "192.168.10.23"
+BALANCER_ADDRESS = "192.168.10.24"
 POSTGRES_ADDRESS = "192.168.10.19"
 GATEWAY_ADDRESS = "192.168.10.18"
 DATABASE = "litellm_db"
@@ -87,11 +94,10 @@ def docker_exec(container: str, argv: list[str], stdin: str = "") -> subprocess.
     )
 
 
-def sql_as_postgres(sql: str) -> str:
-    """Run SQL on the PostgreSQL host as the postgres superuser (peer auth)."""
-    result = docker_exec(
-        POSTGRES_HOST, ["runuser", "-u", "postgres", "--", "psql", "-d", DATABASE, "-XAtq", "-c", sql]
-    )
+def sql_as_postgres(sql: str, host: str = POSTGRES_HOST) -> str:
+    """Run SQL on a database host (default the primary) as the postgres superuser (peer auth)."""
+    psql = ["runuser", "-u", "postgres", "--", "psql", "-d", DATABASE, "-XAtq", "-c", sql]
+    result = docker_exec(host, psql)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

@@ -17,12 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import (
     BACKUP_HOST,
+    BALANCER_ADDRESS,
+    BALANCER_HOST,
     CA_FILE,
+    GATEWAY2_ADDRESS,
+    GATEWAY2_HOST,
     GATEWAY_ADDRESS,
     GATEWAY_HOST,
     MONITORING_HOST,
     POSTGRES_ADDRESS,
     POSTGRES_HOST,
+    STANDBY_ADDRESS,
+    STANDBY_HOST,
     UPSTREAM_HOST,
     docker_exec,
     lab_requests,
@@ -32,32 +38,59 @@ from conftest import (
 
 ADDRESSES = {
     GATEWAY_HOST: GATEWAY_ADDRESS,
+    GATEWAY2_HOST: GATEWAY2_ADDRESS,
     POSTGRES_HOST: POSTGRES_ADDRESS,
+    STANDBY_HOST: STANDBY_ADDRESS,
     UPSTREAM_HOST: "192.168.10.20",
     MONITORING_HOST: "192.168.10.21",
     BACKUP_HOST: "192.168.10.22",
+    BALANCER_HOST: BALANCER_ADDRESS,
 }
-CANDIDATE_PORTS = (22, 4000, 5432, 8080, 8432, 9090, 9093, 9099, 9100, 9187, 9464)
-# What each host may reach on each other host (everything else must be filtered).
+CANDIDATE_PORTS = (22, 4000, 5432, 8080, 8404, 8432, 9090, 9093, 9099, 9100, 9187, 9464)
+_GATEWAY_REACHES = {POSTGRES_HOST: {5432}, STANDBY_HOST: {5432}, UPSTREAM_HOST: {8080}}
+_DATABASE_PEER = {POSTGRES_HOST: STANDBY_HOST, STANDBY_HOST: POSTGRES_HOST}
+_SCRAPED = {
+    GATEWAY_HOST: {9100, 9464},
+    GATEWAY2_HOST: {9100, 9464},
+    POSTGRES_HOST: {9100, 9187},
+    STANDBY_HOST: {9100, 9187},
+    UPSTREAM_HOST: {9100},
+    BACKUP_HOST: {9100},
+    BALANCER_HOST: {9100, 8404},
+}
+
+
+def _reach(source: str, allowed: dict[str, set[int]]) -> dict[str, set[int]]:
+    """Every other host: the given ports, nothing for the rest."""
+    return {host: allowed.get(host, set()) for host in ADDRESSES if host != source}
+
+
+# What each host may reach on each other host (everything else must be filtered). The two database
+# hosts reach each other's PostgreSQL (replication, either way after a failover) and the
+# repository's pgBackRest server, which reaches theirs.
 OPEN = {
-    GATEWAY_HOST: {POSTGRES_HOST: {5432}, UPSTREAM_HOST: {8080}, MONITORING_HOST: set(), BACKUP_HOST: set()},
-    POSTGRES_HOST: {GATEWAY_HOST: set(), UPSTREAM_HOST: set(), MONITORING_HOST: set(), BACKUP_HOST: {8432}},
-    UPSTREAM_HOST: {GATEWAY_HOST: {4000}, POSTGRES_HOST: set(), MONITORING_HOST: set(), BACKUP_HOST: set()},
-    MONITORING_HOST: {
-        GATEWAY_HOST: {9100, 9464},
-        POSTGRES_HOST: {9100, 9187},
-        UPSTREAM_HOST: {9100},
-        BACKUP_HOST: {9100},
+    GATEWAY_HOST: _reach(GATEWAY_HOST, _GATEWAY_REACHES),
+    GATEWAY2_HOST: _reach(GATEWAY2_HOST, _GATEWAY_REACHES),
+    **{
+        db: _reach(db, {_DATABASE_PEER[db]: {5432}, BACKUP_HOST: {8432}})
+        for db in (POSTGRES_HOST, STANDBY_HOST)
     },
-    BACKUP_HOST: {GATEWAY_HOST: set(), POSTGRES_HOST: {8432}, UPSTREAM_HOST: set(), MONITORING_HOST: set()},
+    # The stub host is on the client networks: the API on both gateways and on the balancer.
+    UPSTREAM_HOST: _reach(UPSTREAM_HOST, dict.fromkeys((GATEWAY_HOST, GATEWAY2_HOST, BALANCER_HOST), {4000})),
+    MONITORING_HOST: _reach(MONITORING_HOST, _SCRAPED),
+    BACKUP_HOST: _reach(BACKUP_HOST, {POSTGRES_HOST: {8432}, STANDBY_HOST: {8432}}),
+    BALANCER_HOST: _reach(BALANCER_HOST, {GATEWAY_HOST: {4000}, GATEWAY2_HOST: {4000}}),
 }
 # From this machine (the lab's admin network): the API, the admin interfaces, the stub.
 OPEN_FROM_ADMIN = {
     GATEWAY_HOST: {4000, 9464},
+    GATEWAY2_HOST: {4000, 9464},
     POSTGRES_HOST: set(),
+    STANDBY_HOST: set(),
     UPSTREAM_HOST: {8080},
     MONITORING_HOST: {9090, 9093},
     BACKUP_HOST: set(),
+    BALANCER_HOST: {4000, 8404},
 }
 # The admin network is also allowed SSH everywhere; no sshd runs in the lab: "closed", not filtered.
 CLOSED_FROM_ADMIN = {22}
