@@ -183,6 +183,7 @@ def db_password() -> Secret:
 # -- helpers for tests/infra/test_security.py ---------------------------------------------------
 
 LAB_CONTAINERS = (POSTGRES_HOST, GATEWAY_HOST, UPSTREAM_HOST, MONITORING_HOST, BACKUP_HOST)
+LAB_CONTAINERS += (STANDBY_HOST, GATEWAY2_HOST, BALANCER_HOST)
 
 # Lists the regular files of the whole filesystem that are readable by "other" and contain any of
 # the secrets read from stdin (one per line). Like `find / -xdev`: the root filesystem without
@@ -229,7 +230,7 @@ def secrets() -> dict[str, Secret]:
     The master key file holds the part after "sk-", so searching for it finds the full key as well.
     """
     names = ("db_password", "master_key", "upstream_api_key", "test_key", "poc_validation_key")
-    names += ("metrics_token", "pgbackrest_cipher_pass")
+    names += ("metrics_token", "pgbackrest_cipher_pass", "replication_password")
     found = {name: lab_secret(name) for name in names}
     found["db_password (URL-encoded)"] = Secret(quote(found["db_password"], safe=""))
     return found

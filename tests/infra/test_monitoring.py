@@ -18,8 +18,16 @@ from conftest import MONITORING_HOST, POSTGRES_HOST, docker_exec, lab_requests, 
 
 PROMETHEUS = "http://192.168.10.21:9090"
 ALERTS_FILE = "/var/lib/alert-webhook/alerts.jsonl"
-LAB_HOSTS = 5
-EXPECTED_JOBS = {"prometheus": 1, "alertmanager": 1, "litellm_gateway": 1, "node": LAB_HOSTS, "postgres": 1}
+LAB_HOSTS = 8
+# Two gateways, two database hosts (primary and standby), one balancer (issue 13).
+EXPECTED_JOBS = {
+    "prometheus": 1,
+    "alertmanager": 1,
+    "litellm_gateway": 2,
+    "node": LAB_HOSTS,
+    "postgres": 2,
+    "haproxy": 1,
+}
 RULES_DIR = Path(__file__).resolve().parents[2] / "roles" / "prometheus" / "files" / "rules"
 # Every alert the role ships must be loaded in the lab's Prometheus.
 ALERTS = {

@@ -7,8 +7,10 @@ import uuid
 from conftest import (
     DATABASE,
     DB_USER,
+    GATEWAY2_ADDRESS,
     GATEWAY_ADDRESS,
     GATEWAY_HOST,
+    STANDBY_ADDRESS,
     Secret,
     sql_as_postgres,
     sql_from_gateway,
@@ -66,13 +68,19 @@ def test_login_role_has_the_runbook_privileges():
     assert f"{DB_USER}=rwU/postgres" in by_type["S"].split(",")  # sequences: ALL
 
 
-def test_pg_hba_allows_exactly_the_gateway_host(pg_host):
+def test_pg_hba_allows_exactly_the_gateway_hosts(pg_host):
     rules = [
         " ".join(line.split())
         for line in pg_host.file("/etc/postgresql/17/main/pg_hba.conf").content_string.splitlines()
-        if DB_USER in line and not line.lstrip().startswith("#")
+        if (DB_USER in line or "replication" in line) and line.startswith("host")
     ]
-    assert rules == [f"hostssl {DATABASE} {DB_USER} {GATEWAY_ADDRESS}/32 scram-sha-256"]
+    assert rules == [
+        "host replication all 127.0.0.1/32 scram-sha-256",
+        "host replication all ::1/128 scram-sha-256",
+        f"hostssl replication replicator {STANDBY_ADDRESS}/32 scram-sha-256",  # the standby only
+        f"hostssl {DATABASE} {DB_USER} {GATEWAY_ADDRESS}/32 scram-sha-256",
+        f"hostssl {DATABASE} {DB_USER} {GATEWAY2_ADDRESS}/32 scram-sha-256",
+    ]
 
 
 def test_gateway_logs_in_and_creates_a_table_in_public(db_password):
