@@ -2,7 +2,7 @@
 
 They run against the lab of scripts/lab-deploy (network litellm-lab). Traffic goes only to the
 lab's containers: ``check_routes`` refuses to send anything unless every destination routes via its
-Docker bridge. Secrets are read from the target's lab directory and never printed.
+Docker bridge. Secrets are read from the lab directory and never printed.
 """
 
 from __future__ import annotations
@@ -23,38 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 PORT = 4000
 
 
-@dataclass(frozen=True)
-class Topology:
-    """Where the HA tests send traffic and which containers they act on."""
-
-    network: str
-    balancer: str  # the balancer's address (clients connect to it)
-    balancer_host: str  # its container / inventory name
-    gateways: dict[str, str]  # inventory name -> address
-    primary: str
-    standby: str
-    lab_dir: Path  # .lab of that deployment (pki/ca.crt, secrets/)
-    inventory: str
-
-
 # The lab of scripts/lab-deploy (molecule/default, network litellm-lab).
-TARGET = Topology(
-    network="litellm-lab",
-    balancer="192.168.10.24",
-    balancer_host="hx-loadbalancer",
-    gateways={"hx-litellm-server": "192.168.10.18", "hx-litellm-server-2": "192.168.10.23"},
-    primary="hx-postgres-server",
-    standby="hx-postgres-standby",
-    lab_dir=Path(os.environ.get("LITELLM_LAB_DIR") or REPO / ".lab"),
-    inventory=str(REPO / "inventory" / "lab"),
-)
-
-NETWORK = TARGET.network
-BALANCER, BALANCER_HOST = TARGET.balancer, TARGET.balancer_host
-GATEWAYS = TARGET.gateways
-PRIMARY, STANDBY = TARGET.primary, TARGET.standby
-LAB_DIR = TARGET.lab_dir
-INVENTORY = TARGET.inventory
+NETWORK = "litellm-lab"
+BALANCER, BALANCER_HOST = "192.168.10.24", "hx-loadbalancer"  # clients connect to the balancer
+GATEWAYS = {"hx-litellm-server": "192.168.10.18", "hx-litellm-server-2": "192.168.10.23"}
+PRIMARY, STANDBY = "hx-postgres-server", "hx-postgres-standby"
+LAB_DIR = Path(os.environ.get("LITELLM_LAB_DIR") or REPO / ".lab")  # pki/ca.crt, secrets/
+INVENTORY = str(REPO / "inventory" / "lab")
 CA_FILE = LAB_DIR / "pki" / "ca.crt"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, HA"}], "max_tokens": 5}
 
@@ -64,7 +39,7 @@ def secret(name: str) -> str:
 
 
 def check_routes(*addresses: str) -> None:
-    """Refuse to run unless every address routes via the target network's bridge."""
+    """Refuse to run unless every address routes via the lab network's bridge."""
     net_id = subprocess.run(
         ["docker", "network", "inspect", "-f", "{{.Id}}", NETWORK], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -204,7 +179,7 @@ def rows_for(ids: list[str], host: str = PRIMARY, timeout: float = 180.0) -> tup
 
 
 def ansible_playbook(playbook: str, *args: str) -> tuple[int, str]:
-    """Run a repository playbook against the target's inventory (as molecule does)."""
+    """Run a repository playbook against the lab's inventory."""
     env = dict(os.environ)
     env.setdefault("ANSIBLE_ROLES_PATH", str(REPO / "roles"))
     env.setdefault("ANSIBLE_LIBRARY", str(REPO / "library"))
