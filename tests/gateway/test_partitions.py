@@ -29,6 +29,7 @@ from litellm_pglog.schema import _config, render_upgrade_sql, upgrade_schema
 from litellm_pglog.sink import DatabaseSink, write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from test_schema import run_concurrently
 
@@ -183,6 +184,37 @@ def test_rows_in_the_default_partition_move_into_a_new_partition(migrated_url):
     assert where_rows_are(engine, "responses")[fk] == day_name("responses", later)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT id FROM requests")).scalar_one() == before
+    engine.dispose()
+
+
+def links(engine: Engine) -> dict[str, str]:
+    """Foreign keys of the responses tables: referencing table -> referenced table."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+                "WHERE contype = 'f' AND conrelid::regclass::text LIKE 'responses%'"
+            )
+        )
+        return dict(rows.all())
+
+
+def test_each_responses_partition_is_linked_to_the_requests_partition_of_its_range(migrated_url):
+    engine = make_engine(migrated_url)
+    later = TODAY + timedelta(days=20)
+    write(migrated_url, [record_at("in-default", noon(later))])
+    run(migrated_url, POLICY, later)  # creates later's partitions, moves the row out of the default
+
+    found = links(engine)
+    expected = {name.replace("requests", "responses", 1): name for name in names(migrated_url, "requests")}
+    assert found == expected  # every pair, the default and the new ones included; none on the parent
+    with pytest.raises(IntegrityError), engine.begin() as connection:  # no request with that key
+        connection.execute(
+            text("INSERT INTO responses (request_id_fk, created_at) VALUES (-1, :at)"), {"at": noon(later)}
+        )
+    with engine.begin() as connection:  # ON DELETE CASCADE, from the moved row's new partition
+        connection.execute(text("DELETE FROM requests WHERE request_id = 'in-default'"))
+    assert where_rows_are(engine, "responses") == {}
     engine.dispose()
 
 
@@ -345,8 +377,9 @@ def test_in_place_upgrade_of_a_populated_database_loses_nothing(populated_0002):
 
     status = upgrade_schema(populated_0002)
 
-    assert status.pending == ["0003"]
+    assert status.pending == ["0003", "0004"]
     assert snapshot(engine) == before
+    assert links(engine)["responses_legacy"] == "requests_legacy"
     with engine.connect() as connection:
         where = (
             connection.execute(text("SELECT DISTINCT tableoid::regclass::text FROM requests")).scalars().all()

@@ -17,7 +17,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from litellm_pglog.db import make_engine
-from litellm_pglog.models import Base, Request, Response, include_name, include_object
+from litellm_pglog.models import Base, Request, Response, include_name
 from litellm_pglog.records import LogRecord
 from litellm_pglog.schema import (
     SchemaError,
@@ -29,7 +29,7 @@ from litellm_pglog.schema import (
 )
 from litellm_pglog.sink import write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
-from sqlalchemy import MetaData, Table, insert, select
+from sqlalchemy import MetaData, Table, insert, select, text
 
 REPO = Path(__file__).resolve().parents[2]
 DB_INIT = REPO / "files" / "db_init.py"
@@ -158,11 +158,11 @@ def test_upgrade_from_0001_keeps_rows(pg_url):
     result = run_db_init(pg_url)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"db_init: upgraded schema 0001 -> {head_revision()} (applied 0002, 0003)\n"
+    assert result.stdout == f"db_init: upgraded schema 0001 -> {head_revision()} (applied 0002, 0003, 0004)\n"
     with engine.connect() as connection:
         rows = connection.execute(
             select(Request.request_id, Request.error_message, Response.total_tokens)
-            .join(Response)
+            .join(Request.response)
             .order_by(Request.request_id)
         ).all()
     engine.dispose()
@@ -178,7 +178,6 @@ def test_models_match_head_revision(migrated_url):
                 "compare_type": True,
                 "compare_server_default": True,
                 "include_name": include_name,
-                "include_object": include_object,
             },
         )
         differences = compare_metadata(context, Base.metadata)
@@ -209,7 +208,7 @@ def test_concurrent_upgrades_apply_once(pg_url):
     results = run_concurrently(lambda: upgrade_schema(pg_url))
 
     assert all(not isinstance(result, Exception) for result in results), results
-    assert sorted(len(result.pending) for result in results) == [0, 0, 3]
+    assert sorted(len(result.pending) for result in results) == [0, 0, 4]
 
 
 def test_render_upgrade_sql_is_offline_and_complete():
@@ -225,6 +224,25 @@ def test_render_upgrade_sql_is_offline_and_complete():
     assert "ATTACH PARTITION" in partitioning and "PARTITION BY RANGE (created_at)" in partitioning
     assert "%%" not in partitioning
     assert render_upgrade_sql(head, head) == ""
+
+
+def test_downgrade_to_0003_links_the_parents_again(migrated_url):
+    engine = make_engine(migrated_url)
+    with engine.begin() as connection:
+        command.downgrade(_config(connection), "0003")
+    with engine.connect() as connection:
+        links = connection.execute(
+            text(
+                "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+                "WHERE contype = 'f'"
+            )
+        ).all()
+    engine.dispose()
+    assert ("responses", "requests") in links
+    assert not [
+        link for link in links if link[0].startswith("responses_") and link[1].startswith("requests_")
+    ]
+    assert upgrade_schema(migrated_url).pending == ["0004"]
 
 
 # ---- the runbook's own queries ----------------------------------------------------------------

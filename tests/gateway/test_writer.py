@@ -72,7 +72,7 @@ def stored(url: str) -> dict[str, dict]:
         Response.id.label("response_id"),
         *(Response.__table__.c[name] for name in ("latency_ms", "prompt_tokens", "completion_tokens")),
         Response.total_tokens,
-    ).outerjoin(Response)
+    ).outerjoin(Request.response)
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
         rows = [dict(row._mapping) for row in connection.execute(query)]
         responses = connection.execute(select(func.count()).select_from(Response)).scalar()

@@ -9,12 +9,13 @@ which holds every row older than the upgrade.
 A run, in one transaction under an advisory lock (a concurrent run waits for it, then finds
 nothing left to do):
 1. creates the partitions that cover today .. today + premake days, in the gaps no partition
-   covers yet; rows the DEFAULT partition holds for such a range are moved into the new
-   partition in the same transaction (PostgreSQL refuses to create it otherwise);
+   covers yet, each new responses partition linked to its requests twin; rows the DEFAULT
+   partition holds for such a range are moved into the new partition in the same transaction
+   (PostgreSQL refuses to create it otherwise);
 2. drops the partitions whose whole range is older than the retention (upper bound at or
    before the start of today - retention days), the legacy one included once it qualifies:
-   responses first, then requests detached and dropped (the link's detach check then has
-   no referencing rows left to look for);
+   responses first, then requests (each responses partition holds the link to the requests
+   partition of the same range, see ``link_statement``);
 3. deletes the DEFAULT partitions' rows older than the retention.
 Retention 0 keeps everything. A second run changes nothing.
 """
@@ -188,15 +189,29 @@ def create_span(connection: Connection, span: Span, apply: bool) -> list[str]:
                 f"FOR VALUES FROM ('{span.lower.isoformat()}') TO ('{span.upper.isoformat()}')"
             )
         )
+    responses, requests = (partition_name(parent, span.lower) for parent in ("responses", "requests"))
+    connection.execute(text(link_statement(responses, requests)))
     if any(waiting.values()):
         _restore_stashed_rows(connection)
     return lines
 
 
+def link_statement(responses_partition: str, requests_partition: str) -> str:
+    """The link of a responses partition to the requests partition of the same range.
+
+    Both tables are partitioned alike and the link contains the partition key, so this makes
+    the promise of a link between the parents, which PostgreSQL checks far more slowly (see
+    migration 0004, which links the partitions that existed before).
+    """
+    return (
+        f'ALTER TABLE "{responses_partition}" ADD CONSTRAINT "fk_{responses_partition}_requests" '
+        f'FOREIGN KEY (request_id_fk, created_at) REFERENCES "{requests_partition}" (id, created_at) '
+        "ON DELETE CASCADE"
+    )
+
+
 def drop_partition(connection: Connection, parent: str, partition: Partition, apply: bool) -> str:
-    if apply:
-        if parent == "requests":  # a referenced partition cannot be dropped while attached
-            connection.execute(text(f'ALTER TABLE {parent} DETACH PARTITION "{partition.name}"'))
+    if apply:  # responses first (see maintain): a requests partition is then referenced no more
         connection.execute(text(f'DROP TABLE "{partition.name}"'))
     until = f"{partition.upper:%Y-%m-%d %H:%M}" if partition.upper else "?"
     return f"{'dropped' if apply else 'would drop'} {partition.name} (rows before {until} UTC)"

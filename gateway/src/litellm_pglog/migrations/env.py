@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from litellm_pglog.models import Base, include_name, include_object
+from litellm_pglog.models import Base, include_name
 
 target_metadata = Base.metadata
 
@@ -21,7 +21,6 @@ def run_migrations_online() -> None:
         connection=connection,
         target_metadata=target_metadata,
         include_name=include_name,
-        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
