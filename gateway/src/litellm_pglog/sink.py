@@ -265,8 +265,22 @@ def _copy_value(value: object) -> str:
 def copy_data(rows: list[Row]) -> bytes:
     """The rows (clean, merged) in COPY's text format, in STAGE_COLUMNS order."""
     keyed = UUID7_TEXT.fullmatch
+    # NULL and plain text, most of a row, are written inline: a function call per value was the
+    # writer thread's largest cost in a replay profile (py-spy).
     lines = [
-        "\t".join([*map(_copy_value, map(row.__getitem__, FIELDS)), "t" if keyed(row["request_id"]) else "f"])
+        "\t".join(
+            [
+                *(
+                    "\\N"
+                    if value is None
+                    else value
+                    if type(value) is str and value.isprintable() and "\\" not in value
+                    else _copy_value(value)
+                    for value in map(row.__getitem__, FIELDS)
+                ),
+                "t" if keyed(row["request_id"]) else "f",
+            ]
+        )
         for row in rows
     ]
     lines.append("")
@@ -326,15 +340,33 @@ def _copy_into_stage(connection: Connection, data: bytes) -> None:
             cursor.close()
 
 
-def upsert_rows(connection: Connection, rows: list[Row]) -> int:
-    """Merge the (clean) rows and upsert them: one COPY and one statement; returns the request
-    rows touched. Must run inside a transaction (the staging table empties at its commit)."""
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Clean rows, and the COPY data of their merge: made ahead of the write in a replay."""
+
+    rows: list[Row]
+    requests: int  # rows after the merge: one per request_id
+    data: bytes
+
+
+def prepare_batch(rows: list[Row]) -> Batch:
     merged = merge_rows(rows)
-    if merged:
-        _copy_into_stage(connection, copy_data(merged))
+    return Batch(rows, len(merged), copy_data(merged))
+
+
+def upsert_batch(connection: Connection, batch: Batch) -> int:
+    """One COPY and one statement; returns the request rows touched. Must run inside a
+    transaction (the staging table empties at its commit)."""
+    if batch.requests:
+        _copy_into_stage(connection, batch.data)
         prepared = connection.connection.info.get(STAGE_TABLE)
         connection.exec_driver_sql(f"EXECUTE {MERGE_PREPARED}" if prepared else MERGE_STAGE)
-    return len(merged)
+    return batch.requests
+
+
+def upsert_rows(connection: Connection, rows: list[Row]) -> int:
+    """Merge the (clean) rows and upsert them; see ``upsert_batch``."""
+    return upsert_batch(connection, prepare_batch(rows))
 
 
 def write_records(connection: Connection, records: list[LogRecord]) -> int:
@@ -365,11 +397,16 @@ class DatabaseSink:
         """Clean, then write records of any origin (the spool); see ``write_rows``."""
         return self.write_rows(self.rows_of(records))
 
-    def rows_of(self, records: list[LogRecord] | list[dict[str, Any]]) -> list[Row]:
-        """The records cleaned into rows; one that is no record at all is rejected at once.
+    def prepare(self, records: list[LogRecord] | list[dict[str, Any]]) -> Batch:
+        """The records cleaned, merged and encoded for COPY, ready for ``write_batch``.
 
-        Thread-safe: a replay cleans the next batch on a helper thread (see durable.read_ahead).
+        Thread-safe: a replay prepares the next batch on a helper thread (see durable.read_ahead),
+        so that the writer thread only waits for PostgreSQL.
         """
+        return prepare_batch(self.rows_of(records))
+
+    def rows_of(self, records: list[LogRecord] | list[dict[str, Any]]) -> list[Row]:
+        """The records cleaned into rows; one that is no record at all is rejected at once."""
         rows = []
         for record in records:
             try:
@@ -383,17 +420,21 @@ class DatabaseSink:
 
         Raises when PostgreSQL could not be used at all: the caller keeps the records.
         """
-        if not rows:
+        return self.write_batch(prepare_batch(rows)) if rows else 0
+
+    def write_batch(self, batch: Batch) -> int:
+        """``write_rows`` of a batch made ahead (``prepare``)."""
+        if not batch.rows:
             return 0
         try:
             with self._deadline(), self.engine.begin() as connection:
-                merged = upsert_rows(connection, rows)
+                merged = upsert_batch(connection, batch)
         except Exception as exc:
             if not is_data_error(exc):
                 raise
-            return self._isolate(rows, exc)
+            return self._isolate(batch.rows, exc)
         self._metrics.rows_written(merged)
-        return len(rows)
+        return len(batch.rows)
 
     def _isolate(self, rows: list[Row], exc: BaseException) -> int:
         """Find the refused row(s) by halving the batch: log2(n) rounds, not n statements.

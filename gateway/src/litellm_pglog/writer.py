@@ -36,7 +36,7 @@ from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.outage import OutageState
 from litellm_pglog.records import LogRecord
 from litellm_pglog.settings import Settings, SettingsError
-from litellm_pglog.sink import DatabaseSink, Row, clean_values
+from litellm_pglog.sink import Batch, DatabaseSink, clean_values
 from litellm_pglog.spool import SPOOL_GLOB, encode_row
 
 log = logging.getLogger("litellm_pglog")
@@ -186,15 +186,15 @@ class LogWriter:
         self._outage.replay_started()
         for claimed in self._store.claim_files():
             try:
-                self._store.replay(claimed, self._replay_batch_size, self._sink.rows_of, self._replay_rows)
+                self._store.replay(claimed, self._replay_batch_size, self._sink.prepare, self._replay_batch)
             except Exception as exc:  # the file stays for the next attempt
                 self._mark_down(exc)
                 return
             self._outage.mark_up()
         self._store.spool.refresh_size()
 
-    def _replay_rows(self, rows: list[Row]) -> None:
-        self._metrics.count("replayed", self._sink.write_rows(rows))
+    def _replay_batch(self, batch: Batch) -> None:
+        self._metrics.count("replayed", self._sink.write_batch(batch))
 
     def _mark_down(self, exc: BaseException) -> None:
         self._metrics.count("db_errors")
