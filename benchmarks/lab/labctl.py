@@ -37,6 +37,7 @@ LAB_ENV = read_lab_env()
 LAB_SECRETS = Path(LAB_ENV.get("LAB_SECRETS_DIR") or REPO / ".lab" / "secrets")
 GATEWAY_HOST = LAB_ENV.get("LAB_GATEWAY_HOST", "hx-litellm-server")
 POSTGRES_HOST = LAB_ENV.get("LAB_POSTGRES_HOST", "hx-postgres-server")
+DB_USER = "litellm_user"  # the gateways' login (inventory/lab: litellm_gateway_db_user)
 # The drills and benchmarks measure one gateway (GATEWAY_HOST), so they talk to it directly, not
 # through the balancer (LAB_GATEWAY_URL) that would share their requests with the other gateway.
 GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_DIRECT_URL") or LAB_ENV.get(
@@ -319,7 +320,7 @@ def gateway_connections() -> int:
     return int(
         psql(
             "SELECT count(*) FROM pg_stat_activity"
-            f" WHERE usename = 'litellm_user' AND client_addr = '{GATEWAY_ADDRESS}'"
+            f" WHERE usename = '{DB_USER}' AND client_addr = '{GATEWAY_ADDRESS}'"
         )
     )
 
@@ -446,6 +447,61 @@ def cpu_seconds() -> dict[str, float]:
         usage = re.search(r"^usage_usec (\d+)", docker_exec(container, ["cat", path]), re.MULTILINE)
         used[name] = int(usage.group(1)) / 1e6
     return used
+
+
+# PostgreSQL's processes by what they do, from their titles ("postgres: 17/main: walsender ...");
+# the first part whose marker is in a title takes the process. Order matters: a backend of the
+# gateway's user is the logging writer's, whatever state its title shows.
+POSTGRES_PARTS = (
+    ("logging writer backends", f" {DB_USER} "),
+    ("WAL sender (standby)", "walsender"),
+    ("archiver", "archiver"),
+    ("WAL writer, checkpointer, bgwriter", "walwriter"),
+    ("WAL writer, checkpointer, bgwriter", "checkpointer"),
+    ("WAL writer, checkpointer, bgwriter", "background writer"),
+    ("autovacuum", "autovacuum"),
+)
+POSTGRES_OTHER = "other live processes (exporter, logger, postmaster)"
+POSTGRES_EXITED = "processes that ended (archive-push runs, closed connections)"
+# Run on the database host: CPU ticks and title of every process of the PostgreSQL slice.
+_PROCESS_TICKS = """
+import json, os
+found = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if "system-postgresql.slice" not in open(f"/proc/{pid}/cgroup").read():
+            continue
+        stat = open(f"/proc/{pid}/stat").read()
+        title = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    fields = stat[stat.rindex(")") + 2:].split()
+    found[pid] = [int(fields[11]) + int(fields[12]), title]
+print(json.dumps({"hz": os.sysconf("SC_CLK_TCK"), "processes": found}))
+"""
+
+
+def postgres_processes() -> dict[str, tuple[float, str]]:
+    """pid -> (CPU seconds so far, title) of every live process of the database host's PostgreSQL."""
+    found = json.loads(docker_exec(POSTGRES_HOST, ["python3", "-"], stdin=_PROCESS_TICKS))
+    return {pid: (ticks / found["hz"], title) for pid, (ticks, title) in found["processes"].items()}
+
+
+def postgres_part(title: str) -> str:
+    return next((part for part, marker in POSTGRES_PARTS if marker in title), POSTGRES_OTHER)
+
+
+def postgres_cpu_parts(
+    before: dict[str, tuple[float, str]], after: dict[str, tuple[float, str]], total: float
+) -> dict[str, float]:
+    """CPU seconds of one window by part (POSTGRES_PARTS), from two postgres_processes() readings
+    and the slice's total over the same window; what ended inside the window is the remainder."""
+    parts: dict[str, float] = {}
+    for pid, (seconds, title) in after.items():
+        used = seconds - before[pid][0] if pid in before else seconds
+        parts[postgres_part(title)] = parts.get(postgres_part(title), 0.0) + used
+    parts[POSTGRES_EXITED] = max(0.0, total - sum(parts.values()))
+    return parts
 
 
 def journal_since(since_epoch: float, grep: str | None = None) -> list[str]:

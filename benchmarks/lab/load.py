@@ -63,6 +63,7 @@ class AbRun:
     latencies_ms: list[float] = field(repr=False)
     rows: dict[str, int] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    postgres_parts: dict[str, float] = field(default_factory=dict)  # labctl.postgres_cpu_parts
 
     @property
     def errors(self) -> int:
@@ -150,16 +151,19 @@ def measure(label: str, args: argparse.Namespace, workdir: Path) -> tuple[AbRun,
     asyncio.run(drive(10, WARMUP_REQUESTS))
     time.sleep(WINDOW_GAP_SECONDS)  # keeps warm-up rows out of the ab run's time window
     print(f"== {label}: ab -n {args.requests} -c {args.concurrency}", flush=True)
-    cpu_before = lab.cpu_seconds()
+    cpu_before, processes_before = lab.cpu_seconds(), lab.postgres_processes()
     ab = run_ab(args.requests, args.concurrency, workdir)
-    cpu_after = lab.cpu_seconds()
+    cpu_after, processes_after = lab.cpu_seconds(), lab.postgres_processes()
     ab.cpu_seconds = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+    ab.postgres_parts = lab.postgres_cpu_parts(processes_before, processes_after, ab.cpu_seconds["postgres"])
     cpu = ", ".join(f"{name} {1000 * used / ab.complete:.2f}" for name, used in ab.cpu_seconds.items())
+    parts = ", ".join(f"{name} {1000 * used / ab.complete:.3f}" for name, used in ab.postgres_parts.items())
     print(
         f"   {ab.rate:.1f} requests/s, p50 {ab.p50:.0f} ms, p95 {ab.p95:.0f} ms, p99 {ab.p99:.0f} ms, "
         f"errors {ab.errors} (failed {ab.failed}, non-2xx {ab.non_2xx}); CPU ms/request: {cpu}",
         flush=True,
     )
+    print(f"   PostgreSQL CPU ms/request by part: {parts}", flush=True)
     time.sleep(WINDOW_GAP_SECONDS)
     print(f"== {label}: latency probe, {args.probe_requests} sequential requests", flush=True)
     latency = probe(args.probe_requests)
@@ -276,6 +280,8 @@ class ConfigSummary:
     gateway_cpu_on: float
     gateway_cpu_off: float
     postgres_cpu_on: float
+    postgres_parts_on: dict[str, float]  # ms/request by part, median of rounds
+    postgres_parts_off: dict[str, float]
     requests_on: int
     rows_on: int
     lost_on: int
@@ -310,6 +316,8 @@ class ConfigSummary:
             gateway_cpu_on=statistics.median(m.cpu_ms("gateway") for m in on),
             gateway_cpu_off=statistics.median(m.cpu_ms("gateway") for m in off),
             postgres_cpu_on=statistics.median(m.cpu_ms("postgres") for m in on),
+            postgres_parts_on=median_parts(on),
+            postgres_parts_off=median_parts(off),
             requests_on=sum(m.ab.complete for m in on),
             rows_on=sum(m.ab.rows["rows"] for m in on),
             lost_on=sum(m.lost for m in on),
@@ -318,6 +326,14 @@ class ConfigSummary:
             errors_on=sum(m.ab.errors for m in on),
             errors_off=sum(m.ab.errors for m in off),
         )
+
+    def part_rows(self) -> list[list[str]]:
+        """PostgreSQL's CPU per request by part, ON and OFF (with logging off: the background)."""
+        off = self.postgres_parts_off
+        return [
+            [f"of which {part}, ON / OFF", f"{value:.3f} / {off.get(part, 0.0):.3f}"]
+            for part, value in self.postgres_parts_on.items()
+        ]
 
     def table(self) -> str:
         return report.table(
@@ -332,12 +348,24 @@ class ConfigSummary:
                  f"{self.gateway_cpu_on:.2f} / {self.gateway_cpu_off:.2f}"],
                 ["gateway CPU ms/request added by logging", f"{self.added_gateway_cpu:+.2f}"],
                 ["PostgreSQL CPU ms/request ON (median)", f"{self.postgres_cpu_on:.2f}"],
+                *self.part_rows(),
                 ["rows logged vs requests sent (ON, all rounds)", f"{self.rows_on} / {self.requests_on}"],
                 ["lost / duplicated rows (ON)", f"{self.lost_on} / {self.duplicated_on}"],
                 ["rows logged with logging OFF (expected 0)", self.rows_off],
                 ["errors ON / OFF", f"{self.errors_on} / {self.errors_off}"],
             ],
         )  # fmt: skip
+
+
+def median_parts(measured: list[Measured]) -> dict[str, float]:
+    """PostgreSQL CPU ms/request by part (labctl.POSTGRES_PARTS), each the median of the rounds."""
+    names = dict.fromkeys(part for m in measured for part in m.ab.postgres_parts)
+    return {
+        part: statistics.median(
+            1000 * m.ab.postgres_parts.get(part, 0.0) / max(m.ab.complete, 1) for m in measured
+        )
+        for part in names
+    }
 
 
 ROUND_HEADER = [

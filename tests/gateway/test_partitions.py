@@ -26,7 +26,7 @@ from litellm_pglog.partitions import (
 )
 from litellm_pglog.records import LogRecord, new_request_id, request_id_time
 from litellm_pglog.schema import _config, render_upgrade_sql, upgrade_schema
-from litellm_pglog.sink import DatabaseSink, write_records
+from litellm_pglog.sink import DatabaseSink, upsert_rows, write_records
 from runbook_sql import PART_4_3, PART_4_4, PART_5_1
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
@@ -450,8 +450,10 @@ def test_a_writer_connection_routes_into_partitions_created_after_it_prepared_it
     sink = DatabaseSink(engine, WriterMetrics(), lambda record, exc: None, timeout=10)
     assert sink.write([LogRecord(request_id=first, status_code=200)]) == 1
     with engine.connect() as connection:
-        prepared = "SELECT count(*) FROM pg_prepared_statements WHERE name = 'pglog_merge'"
-        assert connection.execute(text(prepared)).scalar_one() == 1
+        prepared = (
+            "SELECT count(*) FROM pg_prepared_statements WHERE name IN ('pglog_merge', 'pglog_merge_lookup')"
+        )
+        assert connection.execute(text(prepared)).scalar_one() == 2
     assert where_rows_are(engine) == {first: "requests_default"}
 
     run(migrated_url, POLICY, later - timedelta(days=2))
@@ -459,4 +461,34 @@ def test_a_writer_connection_routes_into_partitions_created_after_it_prepared_it
 
     assert where_rows_are(engine) == {first: day_name("requests", later), second: day_name("requests", later)}
     assert linked_rows(engine, "status_code = 200") == 2
+    engine.dispose()
+
+
+def locked_requests_partitions(engine: Engine, request_id: str) -> set[str]:
+    """The requests tables a one-record batch's transaction holds locks on, before it commits."""
+    sink = DatabaseSink(engine, WriterMetrics(), lambda record, exc: None, timeout=10)
+    rows = sink.rows_of([LogRecord(request_id=request_id, status_code=200)])
+    with engine.begin() as connection:
+        upsert_rows(connection, rows)
+        locked = connection.execute(
+            text(
+                "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE l.pid = pg_backend_pid() AND c.relkind IN ('r', 'p') AND c.relname LIKE 'requests%'"
+            )
+        )
+        return set(locked.scalars())
+
+
+def test_a_batch_of_uuid7_ids_locks_only_the_partition_it_writes(migrated_url):
+    """The lookup for other ids names every partition; a batch without such an id skips it, so
+    its cost does not grow with the retention (90 daily partitions by default)."""
+    run(migrated_url, POLICY, TODAY + timedelta(days=30))  # more partitions than the first days
+    engine = make_engine(migrated_url, poolclass=StaticPool)
+    request_id = new_request_id()[0]
+
+    locked = locked_requests_partitions(engine, request_id)
+
+    assert locked == {"requests", where_rows_are(engine)[request_id]}
+    everything = names(migrated_url) | {"requests"}
+    assert locked_requests_partitions(engine, "not-a-uuid7") == everything  # the lookup ran
     engine.dispose()

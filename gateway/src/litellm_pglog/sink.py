@@ -26,7 +26,7 @@ from litellm_pglog.db import CallDeadline
 from litellm_pglog.limits import ERROR_MESSAGE_MAX_CHARS, INT32_MAX
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.models import Request, Response
-from litellm_pglog.records import UUID7_TEXT, LogRecord, request_id_time
+from litellm_pglog.records import LogRecord, request_id_time
 
 REQUESTS = Request.__table__
 RESPONSES = Response.__table__
@@ -207,18 +207,22 @@ CREATE_STAGE = (
 COPY_STAGE = f"COPY {STAGE_TABLE} ({', '.join(STAGE_COLUMNS)}) FROM STDIN"
 
 
-def _merge_statement() -> str:
+def _merge_statement(lookup: bool) -> str:
     """The one statement that merges the staging table into requests and responses.
 
     created_at, the partition key, is part of both conflict keys and never updated (a row cannot
     change partition in an upsert). For ids that are no UUIDv7 (records spooled by older
     releases, whose two halves carry different times) the row already stored wins, found
-    through each partition's (request_id, created_at) index; only those rows pay the lookup.
+    through each partition's (request_id, created_at) index: only a batch holding such an id
+    runs the statement with that lookup (``lookup``). The other statement's plan names no
+    partition, so running it locks none it does not write to; the lookup's names them all.
     """
     request_columns = ", ".join(REQUEST_FIELDS)
     keyed_time = (
         f"CASE WHEN s.{KEYED_COLUMN} THEN s.created_at ELSE coalesce((SELECT r.created_at FROM requests r "
         "WHERE r.request_id = s.request_id ORDER BY r.created_at LIMIT 1), s.created_at) END"
+        if lookup
+        else "s.created_at"
     )
     selected = ", ".join(keyed_time if name == "created_at" else f"s.{name}" for name in REQUEST_FIELDS)
     request_updates = ", ".join(
@@ -242,7 +246,9 @@ def _merge_statement() -> str:
     )
 
 
-MERGE_STAGE = _merge_statement()
+# By whether the batch holds an id that is no UUIDv7 (see _merge_statement).
+MERGE_STAGE = {lookup: _merge_statement(lookup) for lookup in (False, True)}
+MERGE_PREPARED = {False: "pglog_merge", True: "pglog_merge_lookup"}
 # COPY's text format: these four characters are written as backslash escapes.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -262,9 +268,15 @@ def _copy_value(value: object) -> str:
     return repr(value)  # int, float (finite: see _clean_float)
 
 
+def is_keyed(row: Row) -> bool:
+    """Whether the row's created_at comes from its UUIDv7 request id (see _clean_timestamp);
+    request_id_time() remembers the ids it just read, cleaning asked it first."""
+    return request_id_time(row["request_id"]) is not None
+
+
 def copy_data(rows: list[Row]) -> bytes:
     """The rows (clean, merged) in COPY's text format, in STAGE_COLUMNS order."""
-    keyed = UUID7_TEXT.fullmatch
+    keyed = is_keyed
     # NULL and plain text, most of a row, are written inline: a function call per value was the
     # writer thread's largest cost in a replay profile (py-spy).
     lines = [
@@ -278,16 +290,13 @@ def copy_data(rows: list[Row]) -> bytes:
                     else _copy_value(value)
                     for value in map(row.__getitem__, FIELDS)
                 ),
-                "t" if keyed(row["request_id"]) else "f",
+                "t" if keyed(row) else "f",
             ]
         )
         for row in rows
     ]
     lines.append("")
     return "\n".join(lines).encode()
-
-
-MERGE_PREPARED = "pglog_merge"
 
 
 def create_stage(dbapi_connection: Any, connection_record: Any) -> None:
@@ -302,7 +311,8 @@ def create_stage(dbapi_connection: Any, connection_record: Any) -> None:
     try:
         with contextlib.closing(dbapi_connection.cursor()) as cursor:
             cursor.execute(CREATE_STAGE)
-            cursor.execute(f"PREPARE {MERGE_PREPARED} AS {MERGE_STAGE}")
+            for lookup, name in MERGE_PREPARED.items():
+                cursor.execute(f"PREPARE {name} AS {MERGE_STAGE[lookup]}")
         dbapi_connection.commit()
     except Exception:
         with contextlib.suppress(Exception):
@@ -347,11 +357,12 @@ class Batch:
     rows: list[Row]
     requests: int  # rows after the merge: one per request_id
     data: bytes
+    lookup: bool  # an id that is no UUIDv7 is among them (see _merge_statement)
 
 
 def prepare_batch(rows: list[Row]) -> Batch:
     merged = merge_rows(rows)
-    return Batch(rows, len(merged), copy_data(merged))
+    return Batch(rows, len(merged), copy_data(merged), not all(map(is_keyed, merged)))
 
 
 def upsert_batch(connection: Connection, batch: Batch) -> int:
@@ -360,7 +371,8 @@ def upsert_batch(connection: Connection, batch: Batch) -> int:
     if batch.requests:
         _copy_into_stage(connection, batch.data)
         prepared = connection.connection.info.get(STAGE_TABLE)
-        connection.exec_driver_sql(f"EXECUTE {MERGE_PREPARED}" if prepared else MERGE_STAGE)
+        lookup = batch.lookup
+        connection.exec_driver_sql(f"EXECUTE {MERGE_PREPARED[lookup]}" if prepared else MERGE_STAGE[lookup])
     return batch.requests
 
 
