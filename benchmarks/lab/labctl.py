@@ -453,13 +453,11 @@ def cpu_seconds() -> dict[str, float]:
 # the first part whose marker is in a title takes the process. Order matters: a backend of the
 # gateway's user is the logging writer's, whatever state its title shows.
 POSTGRES_PARTS = (
-    ("logging writer backends", f" {DB_USER} "),
-    ("WAL sender (standby)", "walsender"),
-    ("archiver", "archiver"),
-    ("WAL writer, checkpointer, bgwriter", "walwriter"),
-    ("WAL writer, checkpointer, bgwriter", "checkpointer"),
-    ("WAL writer, checkpointer, bgwriter", "background writer"),
-    ("autovacuum", "autovacuum"),
+    ("logging writer backends", (f" {DB_USER} ",)),
+    ("WAL sender (standby)", ("walsender",)),
+    ("archiver", ("archiver",)),
+    ("WAL writer, checkpointer, bgwriter", ("walwriter", "checkpointer", "background writer")),
+    ("autovacuum", ("autovacuum",)),
 )
 POSTGRES_OTHER = "other live processes (exporter, logger, postmaster)"
 POSTGRES_EXITED = "processes that ended (archive-push runs, closed connections)"
@@ -488,7 +486,10 @@ def postgres_processes() -> dict[str, tuple[float, str]]:
 
 
 def postgres_part(title: str) -> str:
-    return next((part for part, marker in POSTGRES_PARTS if marker in title), POSTGRES_OTHER)
+    return next(
+        (part for part, markers in POSTGRES_PARTS if any(marker in title for marker in markers)),
+        POSTGRES_OTHER,
+    )
 
 
 def postgres_cpu_parts(
@@ -498,8 +499,8 @@ def postgres_cpu_parts(
     and the slice's total over the same window; what ended inside the window is the remainder."""
     parts: dict[str, float] = {}
     for pid, (seconds, title) in after.items():
-        used = seconds - before[pid][0] if pid in before else seconds
-        parts[postgres_part(title)] = parts.get(postgres_part(title), 0.0) + used
+        part = postgres_part(title)
+        parts[part] = parts.get(part, 0.0) + seconds - (before[pid][0] if pid in before else 0.0)
     parts[POSTGRES_EXITED] = max(0.0, total - sum(parts.values()))
     return parts
 

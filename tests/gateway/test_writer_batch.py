@@ -248,7 +248,7 @@ def test_copy_text_escapes_what_copy_reads_as_syntax(make_writer, migrated_url):
     assert writer.flush(30)
     row = stored(migrated_url)["copy-escapes"]
     assert (row["model"], row["error_message"], row["prompt_tokens"]) == (tricky, "\\N", 3)
-    assert "\\N" in copy_data([clean_values(LogRecord(request_id="x"))]).decode()
+    assert "\\N" in copy_data([clean_values(LogRecord(request_id="x"))], [False]).decode()
 
 
 def test_a_float_json_cannot_carry_is_stored_as_null(make_writer, migrated_url):

@@ -274,26 +274,12 @@ def is_keyed(row: Row) -> bool:
     return request_id_time(row["request_id"]) is not None
 
 
-def copy_data(rows: list[Row]) -> bytes:
-    """The rows (clean, merged) in COPY's text format, in STAGE_COLUMNS order."""
-    keyed = is_keyed
-    # NULL and plain text, most of a row, are written inline: a function call per value was the
-    # writer thread's largest cost in a replay profile (py-spy).
+def copy_data(rows: list[Row], keyed: list[bool]) -> bytes:
+    """The rows (clean, merged) in COPY's text format, in STAGE_COLUMNS order; ``keyed[i]`` is
+    ``is_keyed(rows[i])``, worked out once by the caller, which also picks the merge by it."""
     lines = [
-        "\t".join(
-            [
-                *(
-                    "\\N"
-                    if value is None
-                    else value
-                    if type(value) is str and value.isprintable() and "\\" not in value
-                    else _copy_value(value)
-                    for value in map(row.__getitem__, FIELDS)
-                ),
-                "t" if keyed(row) else "f",
-            ]
-        )
-        for row in rows
+        "\t".join([*map(_copy_value, map(row.__getitem__, FIELDS)), "t" if row_keyed else "f"])
+        for row, row_keyed in zip(rows, keyed, strict=True)
     ]
     lines.append("")
     return "\n".join(lines).encode()
@@ -362,7 +348,8 @@ class Batch:
 
 def prepare_batch(rows: list[Row]) -> Batch:
     merged = merge_rows(rows)
-    return Batch(rows, len(merged), copy_data(merged), not all(map(is_keyed, merged)))
+    keyed = [is_keyed(row) for row in merged]
+    return Batch(rows, len(merged), copy_data(merged, keyed), not all(keyed))
 
 
 def upsert_batch(connection: Connection, batch: Batch) -> int:
@@ -432,7 +419,7 @@ class DatabaseSink:
 
         Raises when PostgreSQL could not be used at all: the caller keeps the records.
         """
-        return self.write_batch(prepare_batch(rows)) if rows else 0
+        return self.write_batch(prepare_batch(rows))
 
     def write_batch(self, batch: Batch) -> int:
         """``write_rows`` of a batch made ahead (``prepare``)."""
