@@ -5,7 +5,7 @@ The load generator keeps every answer's x-litellm-call-id (= requests.request_id
 writer drained, those ids are compared with the rows in PostgreSQL: lost = answered - found,
 duplicated = rows - distinct ids, status mismatch = rows whose status differs from the answer.
 Each drill also reads the gateway's journal on the gateway host and its counters, and fails
-when a check fails. Production timings (retry cap 10 s, flush 0.5 s) are never changed; the
+when a check fails. Production timings (retry cap 10 s, flush 1 s) are never changed; the
 only drop-in is the spool bound of spool-bound.
 
 Drills (all by default, or --only NAME ...):

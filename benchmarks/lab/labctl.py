@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -460,8 +461,16 @@ POSTGRES_PARTS = (
     ("autovacuum", ("autovacuum",)),
 )
 POSTGRES_OTHER = "other live processes (exporter, logger, postmaster)"
-POSTGRES_EXITED = "processes that ended (archive-push runs, closed connections)"
-# Run on the database host: CPU ticks and title of every process of the PostgreSQL slice.
+# Processes that ended inside the window, by who waited for them: the kernel adds an ended
+# child's CPU to its parent's (cutime, cstime), so the archiver's children are the archive_command
+# runs and the postmaster's are closed connections and autovacuum workers.
+POSTGRES_ENDED = (
+    ("ended: archive_command runs (pgbackrest archive-push)", ("archiver",)),
+    ("ended: connections, autovacuum workers", ("bin/postgres",)),
+)
+POSTGRES_EXITED = "ended: other"
+# Run on the database host: own CPU ticks, waited-for children's ticks and title of every
+# process of the PostgreSQL slice.
 _PROCESS_TICKS = """
 import json, os
 found = {}
@@ -474,33 +483,50 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
     except OSError:
         continue
     fields = stat[stat.rindex(")") + 2:].split()
-    found[pid] = [int(fields[11]) + int(fields[12]), title]
+    found[pid] = [int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]), title]
 print(json.dumps({"hz": os.sysconf("SC_CLK_TCK"), "processes": found}))
 """
 
 
-def postgres_processes() -> dict[str, tuple[float, str]]:
-    """pid -> (CPU seconds so far, title) of every live process of the database host's PostgreSQL."""
+@dataclass(frozen=True)
+class PostgresProcess:
+    """One live process of the database host's PostgreSQL, CPU seconds so far."""
+
+    own: float
+    children: float  # of its children that ended and were waited for
+    title: str
+
+
+def postgres_processes() -> dict[str, PostgresProcess]:
+    """pid -> PostgresProcess for every live process of the database host's PostgreSQL."""
     found = json.loads(docker_exec(POSTGRES_HOST, ["python3", "-"], stdin=_PROCESS_TICKS))
-    return {pid: (ticks / found["hz"], title) for pid, (ticks, title) in found["processes"].items()}
+    hz = found["hz"]
+    return {
+        pid: PostgresProcess(own / hz, children / hz, title)
+        for pid, (own, children, title) in found["processes"].items()
+    }
 
 
-def postgres_part(title: str) -> str:
-    return next(
-        (part for part, markers in POSTGRES_PARTS if any(marker in title for marker in markers)),
-        POSTGRES_OTHER,
-    )
+def _classify(title: str, parts: tuple[tuple[str, tuple[str, ...]], ...], default: str) -> str:
+    return next((part for part, markers in parts if any(marker in title for marker in markers)), default)
 
 
 def postgres_cpu_parts(
-    before: dict[str, tuple[float, str]], after: dict[str, tuple[float, str]], total: float
+    before: dict[str, PostgresProcess], after: dict[str, PostgresProcess], total: float
 ) -> dict[str, float]:
-    """CPU seconds of one window by part (POSTGRES_PARTS), from two postgres_processes() readings
-    and the slice's total over the same window; what ended inside the window is the remainder."""
+    """CPU seconds of one window by part (POSTGRES_PARTS, POSTGRES_ENDED), from two
+    postgres_processes() readings and the slice's total over the same window; whatever the
+    readings do not explain (a parent that ended too, rounding) is the last part."""
     parts: dict[str, float] = {}
-    for pid, (seconds, title) in after.items():
-        part = postgres_part(title)
-        parts[part] = parts.get(part, 0.0) + seconds - (before[pid][0] if pid in before else 0.0)
+
+    def add(part: str, seconds: float) -> None:
+        parts[part] = parts.get(part, 0.0) + seconds
+
+    for pid, now in after.items():
+        then = before.get(pid, PostgresProcess(0.0, 0.0, now.title))
+        add(_classify(now.title, POSTGRES_PARTS, POSTGRES_OTHER), now.own - then.own)
+        add(_classify(now.title, POSTGRES_ENDED, POSTGRES_EXITED), now.children - then.children)
+    parts.pop(POSTGRES_EXITED, None)
     parts[POSTGRES_EXITED] = max(0.0, total - sum(parts.values()))
     return parts
 

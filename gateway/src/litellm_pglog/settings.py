@@ -31,7 +31,8 @@ class Settings:
     spool_dir: Path = Path("/var/lib/litellm/spool")
     queue_max: int = 10_000
     batch_size: int = 200
-    flush_interval: float = 0.5
+    # Longest wait of a partial batch: see litellm_gateway_flush_interval (role) for the trade-off.
+    flush_interval: float = 1.0
     spool_max_bytes: int = 512 * 1024 * 1024
     max_body_bytes: int = 4 * 1024 * 1024
     master_key: str | None = field(default=None, repr=False)
