@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""PostgreSQL CPU of one logging writer's backend per batch, by batch size, in the deployed lab.
+"""CPU of the request-log writer per batch (its PostgreSQL backend, its own process) and of a
+fleet of writers (PostgreSQL by process), in the deployed lab.
 
 The writer's own code path (``DatabaseSink.write_rows``: pool pre-ping, COPY into the staging
 table, the prepared merge, commit) runs on the gateway host with the gateway's venv and database
 URL (read there, never printed), against the lab's PostgreSQL with everything production has:
 TLS, fsync, pgAudit, a streaming standby, WAL archiving. For each batch size, the CPU time of
-that one backend (/proc on the database host) is read before and after, and a least-squares
-line splits it into a fixed cost per batch and a cost per row. From those two figures follows
+that one backend (/proc on the database host) and the writer's own CPU in the gateway host's
+process (the rows are made first) are read before and after, and a least-squares line splits
+each into a fixed cost per batch and a cost per request. From those two figures follows
 what a flush interval costs per request at a given rate per writer: fixed / (rate x interval)
-+ per row, which is how ``litellm_gateway_flush_interval`` was chosen.
++ per request, which is how ``litellm_gateway_flush_interval`` was chosen. The fleet part runs
+``LogWriter``s, the gateway's class, each fed at a steady rate; every request is counted back.
 
 The probe's rows carry api_key PROBE_KEY and are deleted at the end.
 
-    python benchmarks/lab/batch_cost.py [--sizes 1,10,25,50,100,200] [--rows 2000]
+    scripts/lab-batch-cost [--sizes 1,10,25,50,100,200] [--rows 2000] [--fleet-writers 30] ...
 """
 
 from __future__ import annotations
@@ -58,8 +61,12 @@ def halves(key):
     request_id, _ = new_request_id()
     return LogRecord(request_id=request_id, api_key=key, **HTTP), LogRecord(request_id=request_id, **USAGE)
 def batches(size, count):
-    for _ in range(count):
-        sink.write_rows([clean_values(half) for _ in range(size) for half in halves({PROBE_KEY!r})])
+    # Rows are made (and cleaned, as submit() does) first: the CPU returned is the writer's alone.
+    made = [[clean_values(half) for _ in range(size) for half in halves({PROBE_KEY!r})] for _ in range(count)]
+    started = time.process_time()
+    for rows in made:
+        sink.write_rows(rows)
+    return time.process_time() - started
 def fleet(writers, rate, seconds, flush, key):
     # writers LogWriters (the gateway's own class and defaults but the flush interval), each fed
     # rate requests/s, paced in 20 ms steps for seconds; the host measures between ready and done.
@@ -99,7 +106,8 @@ while command := sys.stdin.readline().split():
     elif command[0] == "fleet":
         fleet(int(command[1]), float(command[2]), float(command[3]), float(command[4]), command[5])
     else:
-        batches(int(command[0]), int(command[1]))
+        print("done", batches(int(command[0]), int(command[1])), flush=True)
+        continue
     print("done", flush=True)
 """
 
@@ -110,6 +118,7 @@ class Point:
     batches: int
     backend_ms: float  # per batch
     cluster_ms: float  # per batch, every PostgreSQL process (WAL sender, archiver, ... included)
+    writer_ms: float  # per batch, the writer's own CPU in the gateway host's Python process
 
 
 class RemoteWriter:
@@ -137,9 +146,9 @@ class RemoteWriter:
             raise lab.LabError(f"the probe answered {answer[0]!r} instead of {word!r}")
         return answer[1:]
 
-    def command(self, line: str) -> None:
+    def command(self, line: str) -> list[str]:
         self.send(line)
-        self.expect("done")
+        return self.expect("done")
 
     def close(self) -> None:
         self._process.stdin.close()
@@ -157,10 +166,11 @@ def backend_seconds(pid: str) -> float:
 def measure(writer: RemoteWriter, size: int, rows: int) -> Point:
     batches = max(10, rows // size)
     backend, cluster = backend_seconds(writer.backend_pid), lab.cpu_seconds()["postgres"]
-    writer.command(f"{size} {batches}")
+    (writer_seconds,) = writer.command(f"{size} {batches}")
     backend = backend_seconds(writer.backend_pid) - backend
     cluster = lab.cpu_seconds()["postgres"] - cluster
-    return Point(size, batches, 1000 * backend / batches, 1000 * cluster / batches)
+    per_batch = [1000 * seconds / batches for seconds in (backend, cluster, float(writer_seconds))]
+    return Point(size, batches, *per_batch)
 
 
 @dataclass(frozen=True)
@@ -219,25 +229,31 @@ def fit(points: list[Point], value: str) -> tuple[float, float]:
     return mean_y - slope * mean_x, slope
 
 
+PARTS = (
+    ("backend_ms", "PostgreSQL: the writer's backend"),
+    ("cluster_ms", "PostgreSQL: all of it"),
+    ("writer_ms", "gateway host: the writer's Python (pool, COPY, merge, commit)"),
+)
+
+
 def report(points: list[Point], rates: list[float], intervals: list[float]) -> None:
-    print("| batch size | batches | backend ms/batch | backend ms/row | all PostgreSQL ms/batch | ms/row |")
-    print("|---|---|---|---|---|---|")
+    print("ms of CPU per batch (per request), by requests per batch:")
+    print("| requests per batch | batches | " + " | ".join(name for _, name in PARTS) + " |")
+    print("|---|---|" + "---|" * len(PARTS))
     for p in points:
-        print(
-            f"| {p.size} | {p.batches} | {p.backend_ms:.3f} | {p.backend_ms / p.size:.4f} "
-            f"| {p.cluster_ms:.3f} | {p.cluster_ms / p.size:.4f} |"
+        cells = " | ".join(
+            f"{getattr(p, value):.3f} ({getattr(p, value) / p.size:.4f})" for value, _ in PARTS
         )
-    for value, name in (("backend_ms", "writer backend"), ("cluster_ms", "all of PostgreSQL")):
+        print(f"| {p.size} | {p.batches} | {cells} |")
+    for value, name in PARTS:
         fixed, per_row = fit(points, value)
-        print(f"\n{name}: {fixed:.3f} ms per batch + {per_row:.4f} ms per row (least squares)")
+        print(f"\n{name}: {fixed:.3f} ms per batch + {per_row:.4f} ms per request (least squares)")
         print("| requests/s per writer | " + " | ".join(f"flush {i:g} s" for i in intervals) + " |")
         print("|---|" + "---|" * len(intervals))
         for rate in rates:
             cells = " | ".join(f"{fixed / max(1.0, rate * i) + per_row:.3f}" for i in intervals)
             print(f"| {rate:g} | {cells} |")
-    print(
-        "\n(ms of CPU per request: fixed / (rate x interval) + per row, a batch holding at least one request)"
-    )
+    print("\n(ms of CPU per request: fixed / (rate x interval) + per request; a batch holds at least one)")
 
 
 def main() -> None:
