@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -34,9 +35,13 @@ import labctl as lab  # noqa: E402
 PROBE_KEY = "lab-batch-cost-probe"
 VENV_PYTHON = "/opt/litellm/venv/bin/python"  # inventory/lab: litellm_gateway_venv
 ENV_FILE = "/etc/litellm/litellm.env"  # litellm_gateway_config_dir/litellm.env
-# Runs on the gateway host: prints its backend's pid, then for each "size count" line on stdin
-# writes count batches of size requests (both halves merged, as the gateway's records are) and
-# prints "done"; "delete" removes the probe's rows.
+# Runs on the gateway host; prints its backend's pid, then answers one line per command on stdin:
+#   "SIZE COUNT"   COUNT batches of SIZE requests (both halves, merged as the gateway's are) ->
+#                  "done CPU_SECONDS" (the writer's own, rows made beforehand)
+#   "fleet W RATE SECONDS FLUSH KEY"  W LogWriters started -> "ready"; after "go", RATE requests/s
+#                  each for SECONDS, flushed -> "done SENT ROWS UNSETTLED SECONDS"; after "stop" the
+#                  writers stop -> "done"
+#   "delete"       the probe's rows deleted -> "done"
 REMOTE = f"""
 import shlex, shutil, sys, tempfile, time
 from pathlib import Path
@@ -158,9 +163,8 @@ class RemoteWriter:
 def backend_seconds(pid: str) -> float:
     stat = lab.docker_exec(lab.POSTGRES_HOST, ["cat", f"/proc/{pid}/stat"])
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf(
-        "SC_CLK_TCK"
-    )  # containers share the host's kernel
+    # Containers share this machine's kernel, and so its clock ticks per second.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(writer: RemoteWriter, size: int, rows: int) -> Point:
@@ -219,14 +223,11 @@ def fleet_report(runs: list[FleetRun], writers: int, rate: float) -> None:
 
 
 def fit(points: list[Point], value: str) -> tuple[float, float]:
-    """Least squares: ms per batch = fixed + per_row x size; returns (fixed, per_row)."""
-    xs = [point.size for point in points]
-    ys = [getattr(point, value) for point in points]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mean_x) ** 2 for x in xs
+    """Least squares: ms per batch = fixed + per_request x size; returns (fixed, per_request)."""
+    slope, intercept = statistics.linear_regression(
+        [p.size for p in points], [getattr(p, value) for p in points]
     )
-    return mean_y - slope * mean_x, slope
+    return intercept, slope
 
 
 PARTS = (
@@ -289,6 +290,9 @@ def main() -> None:
     report(points, [float(r) for r in args.rates.split(",")], [float(i) for i in args.intervals.split(",")])
     if runs:
         fleet_report(runs, args.fleet_writers, args.fleet_rate)
+    lost = [run for run in runs if run.rows != run.sent or run.unsettled]
+    if lost:
+        sys.exit(f"FAILED: {len(lost)} fleet run(s) did not write every request exactly once")
 
 
 if __name__ == "__main__":
