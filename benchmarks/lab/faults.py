@@ -19,8 +19,9 @@ Drills (all by default, or --only NAME ...):
               (connection reset/refused, never accounted); every HTTP answer is 200; every
               answered request and every spooled record lands once
   spool-bound tiny LITELLM_PGLOG_SPOOL_MAX_BYTES (drop-in) + PostgreSQL down: every answer 200;
-              counted record by record (2 per answer: the middleware's and the usage callback's):
-              spooled + dropped = 2 x answered, pglog_records_dropped_total = the sum of the
+              counted record by record (2 per answer: the middleware's and the usage callback's,
+              the latter merged on the host when it repeats the former's usage):
+              spooled + dropped + merged = 2 x answered, pglog_records_dropped_total = the sum of the
               "LOG RECORDS LOST: dropped N record(s)" journal lines, and the requests with a row
               are exactly those with a record in the spool (nothing dropped silently)
   key-rotation  a converge adds a client key and revokes another during load (no restart: every
@@ -73,7 +74,9 @@ SIZES = {
 }  # fmt: skip
 DRILL_ORDER = ["pg-outage", "pg-restart", "sigkill", "spool-bound", "pg-hang", "key-rotation"]
 UNAVAILABLE, RECOVERED, LOST = "PostgreSQL unavailable", "reachable again", "LOG RECORDS LOST"
-RECORDS_PER_ANSWER = 2  # per 200 chat answer: the middleware's record and the usage callback's
+# Per 200 chat answer: the middleware's record and the usage callback's (pglog_records_merged_total
+# counts those not submitted because the middleware's record already held their usage).
+RECORDS_PER_ANSWER = 2
 
 
 @dataclass
@@ -205,7 +208,12 @@ class Journal:
 class Counters:
     """pglog_* counters of the running gateway process, as deltas since construction."""
 
-    NAMES = ("pglog_records_spooled_total", "pglog_records_dropped_total", "pglog_rows_written_total")
+    NAMES = (
+        "pglog_records_spooled_total",
+        "pglog_records_dropped_total",
+        "pglog_records_merged_total",
+        "pglog_rows_written_total",
+    )
 
     def __init__(self) -> None:
         self.start = self.read()
@@ -420,8 +428,9 @@ def spool_bound(args: argparse.Namespace) -> Outcome:
     """PostgreSQL stays down during the whole load, so every record is either spooled or dropped.
 
     Each 200 answer gives RECORDS_PER_ANSWER records (the middleware's, with the status, and the
-    usage callback's, merged by request_id). Expected, exactly: spooled + dropped records =
-    2 x answered; dropped = pglog_records_dropped_total = the sum of the journal lines; the
+    usage callback's, merged by request_id, on the host already when it repeats the first's usage).
+    Expected, exactly: spooled + dropped + merged records = 2 x answered; dropped =
+    pglog_records_dropped_total = the sum of the journal lines; the
     requests with a row afterwards are exactly those with a record in the spool; a request
     whose middleware record was dropped but whose usage record was spooled has a row without
     status (counted, not a mismatch); every row that has a status has the client's.
@@ -451,6 +460,7 @@ def spool_bound(args: argparse.Namespace) -> Outcome:
         journal = Journal(journal_from)
     spool, at_start = found["spool"], found["counters"]
     dropped, spooled, logged = at_start["records_dropped"], at_start["records_spooled"], journal.dropped_sum()
+    merged = at_start["records_merged"]
     ok = answered(samples)
     with_row = lab.found_ids(ok)
     lines = journal.lost_lines()
@@ -462,6 +472,7 @@ def spool_bound(args: argparse.Namespace) -> Outcome:
         "records in the spool before PostgreSQL started (for requests)": f"{len(spool)} ({len(set(spool))})",
         "records spooled (pglog_records_spooled_total)": spooled,
         "records dropped (pglog_records_dropped_total)": dropped,
+        "usage records merged on the host (pglog_records_merged_total)": merged,
         "records dropped according to the journal lines": logged,
         f"'{LOST}' journal lines": len(lines),
         "example journal line": lines[0][:160] if lines else "-",
@@ -471,8 +482,9 @@ def spool_bound(args: argparse.Namespace) -> Outcome:
         "the bound was reached (counter > 0)": dropped > 0,
         "journal lines sum = pglog_records_dropped_total": logged == dropped,
         "spool records = pglog_records_spooled_total": len(spool) == spooled,
-        f"spooled + dropped = {RECORDS_PER_ANSWER} x answered (no record vanished)": spooled + dropped
-        == RECORDS_PER_ANSWER * len(ok),
+        f"spooled + dropped + merged = {RECORDS_PER_ANSWER} x answered (no record vanished)": (
+            spooled + dropped + merged == RECORDS_PER_ANSWER * len(ok)
+        ),
         "requests with a row = requests with a spooled record": with_row == set(spool) & set(ok),
         "0 duplicated": counts["duplicated"] == 0,
         "logged status = client status (rows with a status)": counts["status_mismatch"]

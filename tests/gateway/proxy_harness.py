@@ -296,7 +296,12 @@ class Gateway:
         return found
 
 
-PGLOG_COUNTERS = ("pglog_rows_written_total", "pglog_records_spooled_total", "pglog_records_dropped_total")
+PGLOG_COUNTERS = (
+    "pglog_rows_written_total",
+    "pglog_records_spooled_total",
+    "pglog_records_dropped_total",
+    "pglog_records_merged_total",
+)
 
 
 def chat_body(content: str = "hello gateway", model: str = CHAT_MODEL, **extra) -> dict:

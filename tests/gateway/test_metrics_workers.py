@@ -28,7 +28,12 @@ from proxy_harness import ERROR_MODEL, Gateway, chat_body, free_port, running_ga
 
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 TOKEN = "monitoring-scrape-token"
-PGLOG_COUNTERS = ("pglog_rows_written_total", "pglog_records_spooled_total", "pglog_records_dropped_total")
+PGLOG_COUNTERS = (
+    "pglog_rows_written_total",
+    "pglog_records_spooled_total",
+    "pglog_records_dropped_total",
+    "pglog_records_merged_total",
+)
 REQUESTS_TOTAL = "litellm_proxy_total_requests_metric_total"
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 

@@ -119,6 +119,23 @@ def test_stream_with_include_usage_logs_the_usage_the_client_saw(gateway, logged
     )
 
 
+def test_usage_the_answer_carried_is_not_submitted_twice(gateway, logged):
+    before = gateway.quiet_metrics()
+    with gateway.client(gateway.keys.test_key) as client:
+        answers = [client.post("/v1/chat/completions", json=chat_body(f"one record {n}")) for n in range(5)]
+    assert [response.status_code for response in answers] == [200] * 5
+
+    ids = {call_id(response) for response in answers}
+    rows = logged.wait_for(ids, lambda row: row["total_tokens"] is not None)
+    for response in answers:
+        row, tokens = rows[call_id(response)], response.json()["usage"]["total_tokens"]
+        assert (row["status_code"], row["model"], row["total_tokens"]) == (200, CHAT_MODEL, tokens)
+    # LiteLLM runs its success callbacks after the answer went out: the usage record of each
+    # request repeats what the middleware read from the answer, and is merged on the host.
+    after = gateway.quiet_metrics()
+    assert after["pglog_records_merged_total"] - before["pglog_records_merged_total"] == len(answers)
+
+
 def test_upstream_error_is_logged_with_the_status_the_client_got(gateway, logged):
     with gateway.client(gateway.keys.test_key) as client:
         response = client.post("/v1/chat/completions", json=chat_body(model=ERROR_MODEL))

@@ -184,6 +184,57 @@ def test_two_halves_merge_into_one_row(make_writer, migrated_url, usage_first, s
     assert_merged(rows["split"])
 
 
+def answered(request_id: str) -> LogRecord:
+    """The middleware's record of a non-streamed answer: the usage read from the answer too."""
+    record = http_half(request_id)
+    record.model, record.prompt_tokens, record.completion_tokens = "gpt-4o-mini", 11, 22
+    record.total_tokens = 33
+    return record
+
+
+def callback_usage(request_id: str, total_tokens: int = 33) -> LogRecord:
+    """The usage callback's record (callbacks.usage_record): model and token counts only."""
+    counts = {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": total_tokens}
+    return LogRecord(request_id=request_id, model="gpt-4o-mini", **counts)
+
+
+def test_a_usage_record_the_request_record_already_holds_is_merged_on_the_host(make_writer, migrated_url):
+    writer = make_writer()
+    before = counter("pglog_records_merged")
+
+    writer.submit(answered("once"))
+    writer.submit(callback_usage("once"))
+    assert writer.flush(FLUSH_TIMEOUT)
+
+    row = stored(migrated_url)["once"]
+    assert (row["status_code"], row["model"], row["total_tokens"]) == (200, "gpt-4o-mini", 33)
+    stats = writer.stats()
+    assert (stats["submitted"], stats["merged"], stats["written"]) == (2, 1, 1)
+    assert counter("pglog_records_merged") - before == 1
+
+
+@pytest.mark.parametrize(
+    "order", ["usage-first", "other-counts", "no-usage-in-answer"], ids=lambda order: order
+)
+def test_a_usage_record_with_news_is_submitted_and_merged_by_the_writer(make_writer, migrated_url, order):
+    writer = make_writer()
+    records = {
+        "usage-first": [callback_usage("r"), answered("r")],
+        "other-counts": [answered("r"), callback_usage("r", total_tokens=34)],
+        "no-usage-in-answer": [http_half("r"), callback_usage("r")],  # a stream without usage
+    }[order]
+
+    for record in records:
+        writer.submit(record)
+    assert writer.flush(FLUSH_TIMEOUT)
+
+    row = stored(migrated_url)["r"]
+    expected_total = 34 if order == "other-counts" else 33  # later non-NULL values win
+    assert (row["status_code"], row["model"], row["total_tokens"]) == (200, "gpt-4o-mini", expected_total)
+    stats = writer.stats()
+    assert (stats["submitted"], stats["merged"], stats["written"]) == (2, 0, 2)
+
+
 def test_null_never_overwrites_a_known_value(make_writer, migrated_url):
     writer = make_writer()
     writer.submit(http_half("r"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-COUNT_NAMES = ("submitted", "written", "spooled", "replayed", "dropped", "rejected", "db_errors")
+COUNT_NAMES = ("submitted", "merged", "written", "spooled", "replayed", "dropped", "rejected", "db_errors")
 
 # How the workers' pglog_queue_depth values combine in multiprocess mode (see the docstring).
 QUEUE_DEPTH_MULTIPROCESS_MODE = "livesum"
@@ -34,11 +34,14 @@ class PrometheusSeries:
         try:
             from prometheus_client import Counter, Gauge
         except ImportError:  # metrics are best effort
-            self.rows_written = self.spooled = self.dropped = self.queue_depth = None
+            self.rows_written = self.spooled = self.dropped = self.merged = self.queue_depth = None
             return
         self.rows_written = _get_or_create(Counter, "pglog_rows_written", "Request rows upserted")
         self.spooled = _get_or_create(Counter, "pglog_records_spooled", "Records written to the spool")
         self.dropped = _get_or_create(Counter, "pglog_records_dropped", "Records lost: spool full")
+        self.merged = _get_or_create(
+            Counter, "pglog_records_merged", "Usage records not submitted: the request's record held them"
+        )
         self.queue_depth = _get_or_create(
             Gauge,
             "pglog_queue_depth",
@@ -70,7 +73,7 @@ class WriterMetrics:
         self._series = series
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
-        self._mirrors = {"spooled": series.spooled, "dropped": series.dropped}
+        self._mirrors = {"spooled": series.spooled, "dropped": series.dropped, "merged": series.merged}
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:

@@ -14,7 +14,9 @@ are replayed once it answers again, or by the next process that starts.
   isolating a refused record;
 - ``durable.DurableStore``: the journal, the spool, rejected records and loud drops;
 - ``outage.OutageState``: down/up, retry backoff and when to replay the spool;
-- ``metrics.WriterMetrics``: the counts behind ``stats()`` and the Prometheus series.
+- ``metrics.WriterMetrics``: the counts behind ``stats()`` and the Prometheus series;
+- ``halves.UsageHalves``: the usage callback's records that repeat what a record of the same
+  request already holds, counted and not submitted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy import Engine
 from litellm_pglog.batching import BatchQueue, Queued
 from litellm_pglog.db import describe_db_error, make_engine, safe_url
 from litellm_pglog.durable import DurableStore
+from litellm_pglog.halves import UsageHalves
 from litellm_pglog.limits import BACKLOG_BATCH_SIZE, FIRST_RETRY_SECONDS
 from litellm_pglog.metrics import WriterMetrics
 from litellm_pglog.outage import OutageState
@@ -74,6 +77,7 @@ class LogWriter:
         self._outage = OutageState(settings.retry_max_seconds, safe_url(engine.url), settings.spool_dir)
         self._thread: threading.Thread | None = None
         self._replay_batch_size = max(settings.batch_size, BACKLOG_BATCH_SIZE)
+        self._usage = UsageHalves()
 
     # ---- API used by request handlers -------------------------------------------------------
 
@@ -88,6 +92,9 @@ class LogWriter:
         """Journal and queue a record; never blocks on the database and never raises."""
         self._metrics.count("submitted")
         try:
+            if self._usage.repeats(record):  # the request's record holds this usage already
+                self._metrics.count("merged")
+                return
             row = clean_values(record)  # cleaned once, encoded once: the line serves journal and spool
             line = encode_row(row)
         except Exception as exc:  # a logging add-on must not fail the request
@@ -97,6 +104,7 @@ class LogWriter:
         stopping = self._queue.closed
         journal_file = None if stopping else self._store.journal_line(line)
         if self._queue.put(row, line, journal_file):
+            self._usage.remember(record)
             return
         # Queue full (PostgreSQL slower than the traffic) or stopping: straight to the spool,
         # fsynced when the writer thread seals the file for replay, by flush(), at once when stopping.
