@@ -8,7 +8,7 @@ are such objects). ``gc.freeze()`` right after the startup moves that heap into 
 generation, which collections skip: a full pass then walks only what was allocated since, and
 nothing the app still uses is ever freed by it (frozen objects were alive at startup; garbage
 cycles among them, if any, stay, once). ``benchmarks/request_path.py``: the logging code's CPU
-per request, full passes included, 0.112 -> 0.071 ms.
+per request, full passes included (mean over the rounds), 0.112 -> 0.079 ms.
 
 ``FreezeAfterStartup`` wraps the whole app, ahead of the logging switch, so a gateway with
 logging OFF gets the same (the ON/OFF comparison stays fair).
