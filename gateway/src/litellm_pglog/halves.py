@@ -5,7 +5,7 @@ with the model, stream flag and token counts it read from the answer) and the Li
 callback's (model and token counts). For a non-streamed answer, and a stream that reported its
 usage, the middleware has the counts already, and LiteLLM runs its success callbacks after the
 answer was sent: the callback's record then repeats values the writer holds. Submitting it cost
-a second clean, JSON line, journal write, queue entry and COPY row per request, about a sixth
+a second clean, JSON line, journal write, queue entry and COPY row per request, about a fifth
 of the logging code's CPU on a gateway worker (``scripts/lab-profile``).
 
 ``UsageHalves`` remembers the usage of the last records submitted with token counts; a usage
