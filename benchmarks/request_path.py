@@ -167,11 +167,11 @@ def run(url: str, pg_data: Path | None, args: argparse.Namespace) -> dict[str, o
             on_runtime.writer.flush(60)
             cpu = {"ON": [], "OFF": []}
             full_passes = {"ON": 0, "OFF": 0}  # the collector's generation-2 passes per mode
-            mode = ["OFF"]
+            mode = "OFF"
 
             def count_full_pass(phase: str, info: dict) -> None:
                 if phase == "start" and info["generation"] == 2:
-                    full_passes[mode[0]] += 1
+                    full_passes[mode] += 1
 
             gc.callbacks.append(count_full_pass)
             pg_seconds = 0.0
@@ -181,7 +181,7 @@ def run(url: str, pg_data: Path | None, args: argparse.Namespace) -> dict[str, o
                     order.reverse()
                 for label, app in order:
                     pg_before = pg_cpu.seconds() if pg_cpu and label == "ON" else 0.0
-                    mode[0] = label
+                    mode = label
                     seconds, _ = await drive(app, keys.test_key, args.requests)
                     if label == "ON":  # the writer's work for this round counts too
                         started = time.process_time()
@@ -189,6 +189,7 @@ def run(url: str, pg_data: Path | None, args: argparse.Namespace) -> dict[str, o
                         seconds += time.process_time() - started
                         pg_seconds += pg_cpu.seconds() - pg_before if pg_cpu else 0.0
                     cpu[label].append(seconds * 1000 / args.requests)
+            gc.callbacks.remove(count_full_pass)
             stats = on_runtime.writer.stats()
             on_runtime.stop(30)
             return {

@@ -76,11 +76,12 @@ def frame_name(frame: str) -> str:
     return f"{match.group('function')} ({match.group('file')})" if match else frame
 
 
-def is_ours(frames: list[str]) -> bool:
+def our_entry(frames: list[str]) -> str | None:
+    """The innermost ``litellm_pglog`` frame of a sample that is the logging code's, else None."""
     innermost = max((i for i, frame in enumerate(frames) if OURS in frame_file(frame)), default=None)
-    if innermost is None:
-        return False
-    return not any(frame_file(frame).startswith(APP_PREFIXES) for frame in frames[innermost + 1 :])
+    if innermost is None or any(frame_file(f).startswith(APP_PREFIXES) for f in frames[innermost + 1 :]):
+        return None
+    return frames[innermost]
 
 
 def part_of(frames: list[str]) -> str:
@@ -104,7 +105,8 @@ class Profile:
     def add(self, frames: list[str], count: int) -> None:
         self.samples += count
         self.own_time[frame_name(frames[-1])] += count
-        if not is_ours(frames):
+        entry = our_entry(frames)
+        if entry is None:
             return
         if any(frame.startswith(AUTH_HOOK) for frame in frames):
             self.auth_hook += count
@@ -113,8 +115,7 @@ class Profile:
         self.parts[part_of(frames)] += count
         # The innermost frame of ours is the entry: what of our code the time is spent in,
         # standard-library callees included (os.write under Journal.append, and so on).
-        innermost = max(i for i, frame in enumerate(frames) if OURS in frame_file(frame))
-        self.our_entries[frame_name(frames[innermost])] += count
+        self.our_entries[frame_name(entry)] += count
 
     @classmethod
     def read(cls, paths: list[Path]) -> Profile:
@@ -123,12 +124,7 @@ class Profile:
             for line in path.read_text().splitlines():
                 stack, _, count = line.rpartition(" ")
                 if stack and count.isdigit():
-                    # With --threads the first frame is the thread ("thread (0x...)"): not a frame.
-                    frames = [
-                        frame for frame in stack.split(";") if not frame.startswith(("thread (", "process "))
-                    ]
-                    if frames:
-                        profile.add(frames, int(count))
+                    profile.add(stack.split(";"), int(count))
         return profile
 
 

@@ -17,6 +17,8 @@ way: the writer's merge keeps later non-NULL values, and equal values change not
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import threading
 
 from litellm_pglog.records import LogRecord
@@ -24,26 +26,21 @@ from litellm_pglog.records import LogRecord
 # Enough for the callbacks of ~20 s of one worker's requests at 100/s; each entry ~250 bytes.
 REMEMBERED_MAX = 2048
 
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 UsageValues = tuple[str | None, int | None, int | None, int | None]
-
-
-def usage_values(record: LogRecord) -> UsageValues:
-    return record.model, record.prompt_tokens, record.completion_tokens, record.total_tokens
+usage_values = operator.attrgetter("model", *TOKEN_FIELDS)  # record -> UsageValues
+# What a usage half leaves empty: every field but its key, its time and the usage itself, so a
+# field added to LogRecord later counts as more than usage without a change here.
+NOT_USAGE_FIELDS = tuple(
+    field.name
+    for field in dataclasses.fields(LogRecord)
+    if field.name not in ("request_id", "created_at", "model", *TOKEN_FIELDS)
+)
 
 
 def is_usage_half(record: LogRecord) -> bool:
     """A record that holds nothing but a model and token counts (the usage callback's)."""
-    return (
-        record.status_code is None
-        and record.route is None
-        and record.method is None
-        and record.user_id is None
-        and record.api_key is None
-        and record.stream is None
-        and record.error_type is None
-        and record.error_message is None
-        and record.latency_ms is None
-    )
+    return all(getattr(record, name) is None for name in NOT_USAGE_FIELDS)
 
 
 class UsageHalves:
@@ -56,12 +53,11 @@ class UsageHalves:
 
     def remember(self, record: LogRecord) -> None:
         """Note the usage of a submitted record that has token counts and is no usage half."""
-        if record.total_tokens is None and record.prompt_tokens is None and record.completion_tokens is None:
-            return
-        if is_usage_half(record):
+        usage = usage_values(record)
+        if all(count is None for count in usage[1:]) or is_usage_half(record):
             return
         with self._lock:
-            self._usage[record.request_id] = usage_values(record)
+            self._usage[record.request_id] = usage
             if len(self._usage) > self._capacity:
                 del self._usage[next(iter(self._usage))]  # dicts keep insertion order
 
