@@ -16,8 +16,9 @@ then measured twice:
    cost of logging, which the queueing delay at concurrency 50 (p50 ~ 50 / throughput) hides.
 
 Per worker count: the ON/OFF throughput ratio (per round: ON req/s / OFF req/s of that round)
-min/median/max, the added p50 at concurrency 1, gateway CPU ms/request ON and OFF (medians) and
-the added CPU, PostgreSQL CPU ms/request ON (median). Writes results/load-<time>.md, .json and a
+min/median/max, the added p50 at concurrency 1, gateway and PostgreSQL CPU ms/request ON and OFF
+(medians) and what logging adds to each (per round: ON minus OFF of that round, min/median/max),
+PostgreSQL's split by process. Writes results/load-<time>.md, .json and a
 latency PNG. Figures only; nothing is asserted. Run it through scripts/lab-load.
 
 Duration, estimated (not timed) on the 2-vCPU lab with the defaults: per mode and round a restart
@@ -31,11 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import operator
 import re
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -257,11 +260,29 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     return min(values), statistics.median(values), max(values)
 
 
-def round_ratios(measured: list[Measured]) -> dict[int, float]:
-    """Per round: ON req/s / OFF req/s of that same round (one worker count)."""
-    rate = {(m.round, m.mode): m.ab.rate for m in measured}
+def per_round(
+    measured: list[Measured], value: Callable[[Measured], float], combine: Callable[[float, float], float]
+) -> dict[int, float]:
+    """Per round: combine(ON's value, OFF's value) of that same round (one worker count). Pairs
+    of one round ran minutes apart, so drift of the shared machine cancels better than between
+    the medians of all ON and all OFF rounds."""
+    values = {(m.round, m.mode): value(m) for m in measured}
     rounds = sorted({m.round for m in measured})
-    return {n: rate[(n, "ON")] / rate[(n, "OFF")] for n in rounds if (n, "ON") in rate and (n, "OFF") in rate}
+    return {
+        n: combine(values[(n, "ON")], values[(n, "OFF")])
+        for n in rounds
+        if (n, "ON") in values and (n, "OFF") in values
+    }
+
+
+def round_ratios(measured: list[Measured]) -> dict[int, float]:
+    """Per round: ON req/s / OFF req/s of that same round."""
+    return per_round(measured, lambda m: m.ab.rate, operator.truediv)
+
+
+def added_cpu(measured: list[Measured], service: str) -> tuple[float, float, float]:
+    """min, median, max over the rounds of CPU ms/request ON minus OFF of that round."""
+    return spread(list(per_round(measured, lambda m: m.cpu_ms(service), operator.sub).values()))
 
 
 @dataclass
@@ -279,7 +300,10 @@ class ConfigSummary:
     probe_p50_off: float
     gateway_cpu_on: float
     gateway_cpu_off: float
+    gateway_added: tuple[float, float, float]  # per round ON - OFF: min, median, max
     postgres_cpu_on: float
+    postgres_cpu_off: float
+    postgres_added: tuple[float, float, float]
     postgres_parts_on: dict[str, float]  # ms/request by part, median of rounds
     postgres_parts_off: dict[str, float]
     requests_on: int
@@ -293,10 +317,6 @@ class ConfigSummary:
     @property
     def added_p50_c1(self) -> float:
         return self.probe_p50_on - self.probe_p50_off
-
-    @property
-    def added_gateway_cpu(self) -> float:
-        return self.gateway_cpu_on - self.gateway_cpu_off
 
     @classmethod
     def of(cls, workers: int, measured: list[Measured]) -> ConfigSummary:
@@ -315,7 +335,10 @@ class ConfigSummary:
             probe_p50_off=lab.percentile([v for m in off for v in m.probe.latencies_ms], 0.50),
             gateway_cpu_on=statistics.median(m.cpu_ms("gateway") for m in on),
             gateway_cpu_off=statistics.median(m.cpu_ms("gateway") for m in off),
+            gateway_added=added_cpu(measured, "gateway"),
             postgres_cpu_on=statistics.median(m.cpu_ms("postgres") for m in on),
+            postgres_cpu_off=statistics.median(m.cpu_ms("postgres") for m in off),
+            postgres_added=added_cpu(measured, "postgres"),
             postgres_parts_on=median_parts(on),
             postgres_parts_off=median_parts(off),
             requests_on=sum(m.ab.complete for m in on),
@@ -346,8 +369,12 @@ class ConfigSummary:
                  f"{self.added_p50_c1:+.2f} ms ({self.probe_p50_on:.2f} vs {self.probe_p50_off:.2f})"],
                 ["gateway CPU ms/request ON / OFF (median)",
                  f"{self.gateway_cpu_on:.2f} / {self.gateway_cpu_off:.2f}"],
-                ["gateway CPU ms/request added by logging", f"{self.added_gateway_cpu:+.2f}"],
-                ["PostgreSQL CPU ms/request ON (median)", f"{self.postgres_cpu_on:.2f}"],
+                ["gateway CPU ms/request added by logging (per round ON - OFF), min / median / max",
+                 spread_text(self.gateway_added)],
+                ["PostgreSQL CPU ms/request ON / OFF (median)",
+                 f"{self.postgres_cpu_on:.3f} / {self.postgres_cpu_off:.3f}"],
+                ["PostgreSQL CPU ms/request added by logging (per round ON - OFF), min / median / max",
+                 spread_text(self.postgres_added, "+.3f")],
                 *self.part_rows(),
                 ["rows logged vs requests sent (ON, all rounds)", f"{self.rows_on} / {self.requests_on}"],
                 ["lost / duplicated rows (ON)", f"{self.lost_on} / {self.duplicated_on}"],
@@ -355,6 +382,10 @@ class ConfigSummary:
                 ["errors ON / OFF", f"{self.errors_on} / {self.errors_off}"],
             ],
         )  # fmt: skip
+
+
+def spread_text(values: tuple[float, float, float], spec: str = "+.2f") -> str:
+    return " / ".join(format(value, spec) for value in values)
 
 
 def median_parts(measured: list[Measured]) -> dict[str, float]:
@@ -410,10 +441,7 @@ def summarize(args: argparse.Namespace, measured: list[Measured]) -> tuple[str, 
     data = {
         "args": vars(args),
         "machine": lab.machine_description(),
-        "summaries": [
-            {**asdict(s), "added_p50_c1_ms": s.added_p50_c1, "added_gateway_cpu_ms": s.added_gateway_cpu}
-            for s in summaries
-        ],
+        "summaries": [{**asdict(s), "added_p50_c1_ms": s.added_p50_c1} for s in summaries],
         "rounds": [m.record() for m in measured],
     }
     return markdown, data
