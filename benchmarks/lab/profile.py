@@ -12,9 +12,9 @@ logging ON and the worker count = vCPUs.
 A sample is the logging code's when its stack holds a ``litellm_pglog`` frame and nothing of the
 app (LiteLLM, FastAPI, starlette's routing, uvicorn, httpx, pydantic, ...) runs below the
 innermost such frame: the middleware's own work, the usage callback, the writer thread with the
-SQLAlchemy and psycopg calls it makes, and the standard library they call (json, os.write,
-asyncio's task steps of our coroutines). The middleware wraps the whole app, so samples of
-LiteLLM answering a request are not ours although a middleware frame sits above them.
+SQLAlchemy and psycopg calls it makes, and the standard library they call (json, asyncio's
+task steps of our coroutines) while they hold the GIL. The middleware wraps the whole app, so
+samples of LiteLLM answering a request are not ours although a middleware frame sits above them.
 
 Reported, from samples: CPU ms per request of all the workers and of the logging code (split
 into the request path, the usage callback and the writer thread), next to the gateway cgroup's
@@ -22,8 +22,10 @@ CPU from cpu.stat (what the sampling rate covers), and the top entries of the lo
 of the whole worker by own time. Writes results/profile-<time>.md and the raw stacks. Figures
 only; nothing is asserted. Run it through scripts/lab-profile.
 
-What it cannot see: indirect costs of logging (garbage collection of our objects, cache
-effects, LiteLLM's dispatch to a callback that is registered in both modes anyway).
+What it cannot see: work done with the GIL released (``--gil`` samples only the thread holding
+it), such as the system calls of the journal's writes and psycopg's network I/O and TLS in the
+writer thread; and indirect costs of logging (garbage collection of our objects, cache effects,
+LiteLLM's dispatch to a callback that is registered in both modes anyway).
 """
 
 from __future__ import annotations
@@ -114,17 +116,17 @@ class Profile:
         self.ours += count
         self.parts[part_of(frames)] += count
         # The innermost frame of ours is the entry: what of our code the time is spent in,
-        # standard-library callees included (os.write under Journal.append, and so on).
+        # standard-library callees included (while they hold the GIL).
         self.our_entries[frame_name(entry)] += count
 
     @classmethod
-    def read(cls, paths: list[Path]) -> Profile:
+    def parse(cls, raw: str) -> Profile:
+        """From py-spy's raw format: one ``frame;frame;... count`` line per distinct stack."""
         profile = cls()
-        for path in paths:
-            for line in path.read_text().splitlines():
-                stack, _, count = line.rpartition(" ")
-                if stack and count.isdigit():
-                    profile.add(stack.split(";"), int(count))
+        for line in raw.splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                profile.add(stack.split(";"), int(count))
         return profile
 
 
@@ -259,9 +261,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lab-profile-") as tmp, lab.gateway_env({}, workers):
         asyncio.run(drive(10, WARMUP_REQUESTS))
         paths, ab, cgroup_seconds = record(host_pids(), args.rate, Path(tmp), args.requests, args.concurrency)
-        profile = Profile.read(paths)
-        raw = lab.RESULTS / f"profile-{stamp}.stacks"
-        raw.write_text("".join(path.read_text() for path in paths))
+        raw = "".join(path.read_text() for path in paths)  # read once: parsed and kept
+        (lab.RESULTS / f"profile-{stamp}.stacks").write_text(raw)
+        profile = Profile.parse(raw)
     text = summarize(profile, args, ab, cgroup_seconds, workers)
     (lab.RESULTS / f"profile-{stamp}.md").write_text(text)
     (lab.RESULTS / f"profile-{stamp}.json").write_text(
