@@ -132,12 +132,34 @@ ENV
   chmod 0600 "$env_file.tmp" && mv "$env_file.tmp" "$env_file"
 }
 
-# Fail when a playbook run's recap reports any change (for --check --diff runs).
+# Fail when a playbook run's recap reports any change (idempotence, --check --diff), naming the
+# tasks that changed.
 assert_no_changes() {
   local recap
   recap=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -E '[^ ]+ +: ok=[0-9]+ +changed=[0-9]+' || true)
   [ -n "$recap" ] || { echo "no play recap found in $1" >&2; return 1; }
   if grep -Eq 'changed=[1-9]' <<<"$recap"; then
-    echo "expected changed=0, got:" >&2; echo "$recap" >&2; return 1
+    echo "expected changed=0, got:" >&2; echo "$recap" >&2
+    sed 's/\x1b\[[0-9;]*m//g' "$1" | awk '/^TASK \[/ { task = $0; sub(/ \*+$/, "", task) }
+      /^changed: \[/ { sub(/ => .*/, ""); print "  " task ": " $0 }' >&2
+    return 1
   fi
+}
+
+# `molecule converge` with -v --diff, its whole output kept in LOG (0600, in .lab/): the verify
+# stage scans these logs for secrets instead of converging once more. Stdout gets the short view
+# (plays, tasks, each host's result without its body, the recap); on failure the log's end too.
+converge_verbose() {
+  local log=$1 rc=0
+  shift
+  install -m 0600 /dev/null "$log"
+  molecule converge -- -v --diff "$@" >> "$log" 2>&1 || rc=$?
+  sed 's/\x1b\[[0-9;]*m//g' "$log" \
+    | grep -E '^(PLAY|TASK|RUNNING HANDLER|(ok|changed|skipping|included|fatal|failed): )|: ok=[0-9]+ ' \
+    | sed -E 's/^((ok|changed|skipping|included): [^ ]+) => .*/\1/'
+  if [ "$rc" -ne 0 ]; then
+    printf '\nconverge failed (exit %d); the end of %s:\n' "$rc" "$log"
+    tail -n 150 "$log"
+  fi
+  return "$rc"
 }

@@ -10,12 +10,16 @@ shared by the tests of a proxy test module.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# As the role's environment file sets it: tests that import litellm in-process would otherwise try
+# to download its model cost map three times (about 10 s of retries on a machine without internet).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pgcluster import PgCluster  # noqa: E402 - the helper lives next to this file

@@ -79,6 +79,14 @@ class Secret(str):
         return "Secret('***')"
 
 
+class ScannedText(str):
+    """A text searched for secrets (a log, a process list): its repr gives only its size, so a test
+    that fails because the text holds a secret does not print the secret with it."""
+
+    def __repr__(self) -> str:
+        return f"ScannedText(<{len(self)} characters>)"
+
+
 def lab_secret(name: str) -> Secret:
     return Secret((LAB_DIR / "secrets" / name).read_text().strip())
 

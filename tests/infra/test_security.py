@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -23,6 +24,7 @@ from conftest import (
     POSTGRES_HOST,
     REPO,
     UPSTREAM_HOST,
+    ScannedText,
     docker_exec,
     secrets_in,
     world_readable_files_with_secrets,
@@ -33,8 +35,13 @@ ANSIBLE_TIMEOUT_SECONDS = 900
 
 
 @pytest.fixture(scope="module")
-def ansible_verbose_output() -> str:
-    """A second converge of the lab with -v --diff, exactly as molecule runs it (its inventory and config)."""
+def ansible_verbose_output() -> ScannedText:
+    """The Ansible output of the lab's converges: the logs ./scripts/test kept (the first converge and
+    the second and --check, all with -v --diff), or else a converge with -v --diff run here
+    exactly as molecule runs it (its inventory and config)."""
+    kept = os.environ.get("LITELLM_CONVERGE_LOGS")
+    if kept:
+        return ScannedText("\n".join(kept_converge_log(Path(path)) for path in kept.split(":")))
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
     if not inventory:
         pytest.skip("needs molecule's inventory: run through `molecule verify`")
@@ -48,9 +55,18 @@ def ansible_verbose_output() -> str:
         timeout=ANSIBLE_TIMEOUT_SECONDS,
         check=False,
     )
-    output = result.stdout + result.stderr
+    output = ScannedText(result.stdout + result.stderr)
     assert result.returncode == 0, output[-3000:]
     return output
+
+
+def kept_converge_log(path: Path) -> str:
+    """One kept log: a whole run (its recap), with the result bodies -v prints."""
+    assert path.exists(), f"{path} is missing: ./scripts/test writes it before verify"
+    text = path.read_text(errors="replace")
+    assert re.search(r"^[^ ]+ +: ok=\d+ +changed=\d+", text, re.MULTILINE), f"{path}: no play recap"
+    assert re.search(r"^ok: \[[^]]+\] => ", text, re.MULTILINE), f"{path}: not a -v run"
+    return text
 
 
 def test_no_secret_in_verbose_ansible_output(ansible_verbose_output, secrets):
@@ -64,12 +80,12 @@ MIN_PS_SAMPLES_PER_HOST = 60
 
 
 @pytest.fixture(scope="module")
-def ps_during_converge() -> str:
+def ps_during_converge() -> ScannedText:
     if not PS_LOG.exists():
         if os.environ.get("LITELLM_PS_SAMPLES_REQUIRED"):
             pytest.fail(f"{PS_LOG} is missing: the ps sampler of scripts/test did not run")
         pytest.skip(f"no {PS_LOG.name}: written by ./scripts/test while molecule converge runs")
-    return PS_LOG.read_text(errors="replace")
+    return ScannedText(PS_LOG.read_text(errors="replace"))
 
 
 @pytest.mark.parametrize("container", LAB_CONTAINERS)
