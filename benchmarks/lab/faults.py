@@ -185,9 +185,16 @@ class Journal:
 
     def __init__(self, since: float) -> None:
         self.lines = lab.journal_since(since)
+        # The package marks each line with its syslog priority (logsetup.py): problems stand out.
+        self.warnings = lab.journal_since(since, priority="warning")
+        self.errors = lab.journal_since(since, priority="err")
 
     def count(self, text: str) -> int:
         return sum(text in line for line in self.lines)
+
+    def all_at_priority(self, text: str, urgent: list[str]) -> bool:
+        """Every line holding ``text`` is among ``urgent`` (the warning or error lines)."""
+        return self.count(text) == sum(text in line for line in urgent)
 
     def lost_lines(self) -> list[str]:
         return [line for line in self.lines if LOST in line]
@@ -242,6 +249,9 @@ def outage_checks(journal: Journal, spooled: int, dropped: int, outages: int = 1
         "rows spooled during the fault (pglog_records_spooled_total > 0)": spooled > 0,
         f"journal: {lines[0]}-{lines[1]} '{UNAVAILABLE}' line(s)": lines[0] <= unavailable <= lines[1],
         f"journal: as many '{RECOVERED}' lines": recovered == unavailable,
+        f"journal: each '{UNAVAILABLE}' line at priority warning": journal.all_at_priority(
+            UNAVAILABLE, journal.warnings
+        ),
         f"nothing dropped (counter 0, no '{LOST}' line)": dropped == 0 and not journal.lost_lines(),
     }
 
@@ -481,6 +491,7 @@ def spool_bound(args: argparse.Namespace) -> Outcome:
         "every request answered 200": all_answers_200(samples),
         "the bound was reached (counter > 0)": dropped > 0,
         "journal lines sum = pglog_records_dropped_total": logged == dropped,
+        f"journal: each '{LOST}' line at priority error": journal.all_at_priority(LOST, journal.errors),
         "spool records = pglog_records_spooled_total": len(spool) == spooled,
         f"spooled + dropped + merged = {RECORDS_PER_ANSWER} x answered (no record vanished)": (
             spooled + dropped + merged == RECORDS_PER_ANSWER * len(ok)

@@ -531,9 +531,11 @@ def postgres_cpu_parts(
     return parts
 
 
-def journal_since(since_epoch: float, grep: str | None = None) -> list[str]:
-    """The gateway's journal lines (on the gateway host) since an epoch time."""
+def journal_since(since_epoch: float, grep: str | None = None, priority: str | None = None) -> list[str]:
+    """The gateway's journal lines (on the gateway host) since an epoch time; with ``priority``
+    ("warning", "err"...) only the lines of that syslog priority or more urgent."""
     argv = ["journalctl", "-u", SERVICE, "--no-pager", "-o", "cat", f"--since=@{int(since_epoch)}"]
+    argv += [f"--priority={priority}"] if priority else []
     lines = docker_exec(GATEWAY_HOST, argv).splitlines()
     return [line for line in lines if grep is None or grep in line]
 

@@ -287,3 +287,10 @@ def test_client_that_leaves_before_the_answer_is_logged_as_499(gateway, logged):
         time.sleep(0.2)
     [row] = rows
     assert (row["status_code"], row["error_type"], row["api_key"]) == (499, "client_disconnected", "TEST_KEY")
+
+
+def test_the_package_s_info_lines_reach_the_gateway_s_output(gateway):
+    """INFO lines of litellm_pglog (not only warnings) reach stderr, hence the journal."""
+    output = gateway.log_text()
+    assert "log writer started (pid" in output
+    assert "startup heap frozen:" in output

@@ -68,6 +68,17 @@ def test_service_runs_uvicorn_as_litellm(gateway_host):
     assert gateway_host.check_output(f"ps -o user= -p {pid}").strip() == "litellm"
 
 
+def test_requests_leave_no_access_line_in_the_journal(gateway_host, secrets):
+    """litellm_gateway_access_log is false: requests are logged in PostgreSQL, not also per line in
+    the journal. The journal of the running service's invocation still has uvicorn's own lines."""
+    assert chat(secrets["test_key"])["status"] == 200
+    invocation = gateway_host.check_output(f"systemctl show -p InvocationID --value {SERVICE}")
+    journal = gateway_host.check_output(f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID={invocation}")
+    assert "Application startup complete" in journal
+    assert re.search(r'"POST /v1/chat/completions HTTP/[0-9.]+" \d{3}', journal) is None  # uvicorn's format
+    assert "--no-access-log" in gateway_host.check_output(f"systemctl show -p ExecStart --value {SERVICE}")
+
+
 def test_listens_on_port_4000(gateway_host):
     assert gateway_host.socket(f"tcp://0.0.0.0:{PORT}").is_listening
 

@@ -46,6 +46,20 @@ class Settings:
     ui_enabled: bool = False  # LiteLLM's admin UI (/ui and its login helpers)
     # /metrics on the API port: off by default, metrics belong on the monitoring listener.
     metrics_on_api_port: bool = False
+    # The package's own log lines from this level up (LITELLM_LOG_LEVEL, LiteLLM's variable too).
+    log_level: str = "INFO"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(environ: Mapping[str, str], default: str) -> str:
+    raw = environ.get("LITELLM_LOG_LEVEL", "").strip().upper()
+    if not raw:
+        return default
+    if raw not in LOG_LEVELS:
+        raise SettingsError(f"LITELLM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+    return raw
 
 
 def _positive(environ: Mapping[str, str], name: str, default: int | float, kind: type) -> int | float:
@@ -109,4 +123,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         passthrough=_names(env, "LITELLM_PGLOG_PASSTHROUGH"),
         ui_enabled=_flag(env, "LITELLM_PGLOG_UI_ENABLED", defaults.ui_enabled),
         metrics_on_api_port=_flag(env, "LITELLM_PGLOG_METRICS_ON_API_PORT", defaults.metrics_on_api_port),
+        log_level=_log_level(env, defaults.log_level),
     )
