@@ -18,7 +18,9 @@ LiteLLM's management routes (``auth.py``); the master key keeps LiteLLM's behavi
 Set LITELLM_LOCAL_MODEL_COST_MAP=True on hosts without internet access, or LiteLLM tries to
 download its model cost map at start.
 
-The package's own log lines go to stderr from LITELLM_LOG_LEVEL up (``logsetup.py``).
+Optional modules LiteLLM would try to import on every request, and cannot, are blocked once
+(``optional_imports.py``). The package's own log lines go to stderr from LITELLM_LOG_LEVEL up
+(``logsetup.py``).
 
 Once the startup completed, the heap it built is frozen out of the garbage collector's full
 passes (``gcfreeze.py``), with logging ON or OFF. The settings are read here, once; the runtime
@@ -33,10 +35,12 @@ from litellm.proxy.proxy_server import app as litellm_app
 from litellm_pglog.gcfreeze import FreezeAfterStartup
 from litellm_pglog.logsetup import configure_logging
 from litellm_pglog.middleware import RequestLogMiddleware
+from litellm_pglog.optional_imports import block_unloadable
 from litellm_pglog.runtime import GatewayRuntime, install
 from litellm_pglog.settings import load_settings
 
 settings = load_settings()
 configure_logging(settings.log_level)
+block_unloadable()
 runtime = install(GatewayRuntime(settings))
 app = FreezeAfterStartup(RequestLogMiddleware(litellm_app, runtime))
