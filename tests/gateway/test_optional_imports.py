@@ -6,6 +6,7 @@ request loaded and ran such a module up to its failing line again.
 
 from __future__ import annotations
 
+import builtins
 import sys
 import textwrap
 import time
@@ -32,8 +33,6 @@ def modules(tmp_path: Path) -> Iterator[Path]:
     sys.path.remove(str(tmp_path))
     for name in names:
         sys.modules.pop(name, None)
-    import builtins
-
     builtins.__dict__.pop("optional_import_runs", None)
 
 
@@ -47,8 +46,6 @@ def attempt(name: str) -> Exception | None:
 
 
 def test_a_failing_module_runs_once_then_imports_fail_without_running_it(modules):
-    import builtins
-
     (modules / "pglog_test_failing.py").write_text(textwrap.dedent(FAILING))
     attempt("pglog_test_failing")
     attempt("pglog_test_failing")
