@@ -531,13 +531,27 @@ def postgres_cpu_parts(
     return parts
 
 
-def journal_since(since_epoch: float, grep: str | None = None, priority: str | None = None) -> list[str]:
-    """The gateway's journal lines (on the gateway host) since an epoch time; with ``priority``
-    ("warning", "err"...) only the lines of that syslog priority or more urgent."""
-    argv = ["journalctl", "-u", SERVICE, "--no-pager", "-o", "cat", f"--since=@{int(since_epoch)}"]
-    argv += [f"--priority={priority}"] if priority else []
-    lines = docker_exec(GATEWAY_HOST, argv).splitlines()
-    return [line for line in lines if grep is None or grep in line]
+@dataclass(frozen=True)
+class JournalLine:
+    """One journal entry: its syslog priority (3 err, 4 warning, 6 info...) and its message."""
+
+    priority: int
+    text: str
+
+    @classmethod
+    def from_json(cls, line: str) -> JournalLine:
+        entry = json.loads(line)
+        message = entry.get("MESSAGE", "")
+        if isinstance(message, list):  # journald sends a message that is not UTF-8 as bytes
+            message = bytes(message).decode(errors="replace")
+        return cls(int(entry.get("PRIORITY", 6)), message)
+
+
+def journal_since(since_epoch: float) -> list[JournalLine]:
+    """The gateway's journal entries (on the gateway host) since an epoch time, with priorities."""
+    argv = ["journalctl", "-u", SERVICE, "--no-pager", f"--since=@{int(since_epoch)}"]
+    argv += ["-o", "json", "--output-fields=MESSAGE,PRIORITY"]
+    return [JournalLine.from_json(line) for line in docker_exec(GATEWAY_HOST, argv).splitlines() if line]
 
 
 def metrics_text() -> str:
