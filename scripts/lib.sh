@@ -106,9 +106,10 @@ write_lab_env() {
 # The URL clients use: HAProxy on hx-loadbalancer (TLS passed through to the gateways).
 LAB_GATEWAY_URL=https://192.168.10.24:4000
 # The first gateway itself, bypassing the balancer (fault drills, load and restore benchmarks
-# measure this one gateway); the second is https://192.168.10.23:4000 (hx-litellm-server-2).
+# measure this one gateway). Every gateway's own URL, in the order of LAB_GATEWAY_HOSTS:
 LAB_GATEWAY_DIRECT_URL=https://192.168.10.18:4000
 LAB_GATEWAY_HOSTS="hx-litellm-server hx-litellm-server-2"
+LAB_GATEWAY_DIRECT_URLS="https://192.168.10.18:4000 https://192.168.10.23:4000"
 LAB_BALANCER_HOST=hx-loadbalancer
 LAB_BALANCER_STATS_URL=http://192.168.10.24:8404/stats
 LAB_CA_FILE=$LITELLM_LAB_DIR/pki/ca.crt

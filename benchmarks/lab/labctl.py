@@ -48,6 +48,12 @@ GATEWAY_URL = LAB_ENV.get("LAB_GATEWAY_DIRECT_URL") or LAB_ENV.get(
 CA_FILE = LAB_ENV.get("LAB_CA_FILE") or None
 TLS_VERIFY: str | bool = CA_FILE or True
 GATEWAY_ADDRESS = urlsplit(GATEWAY_URL).hostname or "192.168.10.18"
+# Every gateway host and its own URL, in inventory order (the twin rounds of benchmarks/lab/load.py
+# load two at once); the first is GATEWAY_HOST.
+GATEWAY_HOSTS = tuple(LAB_ENV.get("LAB_GATEWAY_HOSTS", "hx-litellm-server hx-litellm-server-2").split())
+GATEWAY_DIRECT_URLS = tuple(
+    LAB_ENV.get("LAB_GATEWAY_DIRECT_URLS", "https://192.168.10.18:4000 https://192.168.10.23:4000").split()
+)
 METRICS_URL = LAB_ENV.get("LAB_METRICS_URL", f"http://{GATEWAY_ADDRESS}:9464/metrics")
 METRICS_TOKEN_FILE = Path(LAB_ENV.get("LAB_METRICS_TOKEN_FILE") or LAB_SECRETS / "metrics_token")
 LAB_NETWORK = LAB_ENV.get("LAB_NETWORK", "litellm-lab")
@@ -297,12 +303,15 @@ def wait_for_rows(client_status: dict[str, int], timeout: float = 120, quiet: fl
         time.sleep(1)
 
 
-def rows_between(start: float, end: float) -> dict[str, int]:
-    """Chat rows of TEST_KEY created in [start, end] (epoch seconds): for runs without ids (ab)."""
+def rows_between(start: float, end: float, alias: str = "TEST_KEY") -> dict[str, int]:
+    """Chat rows of one key (by alias) created in [start, end] (epoch seconds): for runs without
+    ids (ab)."""
+    if not re.fullmatch(r"[A-Z_]+", alias):
+        raise ValueError(f"refusing key alias {alias!r}")
     out = psql(
         "SELECT count(*), count(DISTINCT request_id), count(*) FILTER (WHERE status_code = 200)"
         f" FROM requests WHERE created_at BETWEEN to_timestamp({start:.6f}) AND to_timestamp({end:.6f})"
-        f" AND route = '{CHAT_PATH}' AND api_key = 'TEST_KEY'"
+        f" AND route = '{CHAT_PATH}' AND api_key = '{alias}'"
     )
     rows, distinct, ok = (int(v) for v in out.split("|"))
     return {"rows": rows, "distinct": distinct, "status_200": ok}
@@ -329,23 +338,23 @@ def gateway_connections() -> int:
 # ---- the gateway service -----------------------------------------------------------------------
 
 
-def service_show(*properties: str) -> dict[str, str]:
+def service_show(*properties: str, host: str = GATEWAY_HOST) -> dict[str, str]:
     argv = ["systemctl", "show", SERVICE, *(f"--property={p}" for p in properties)]
-    out = docker_exec(GATEWAY_HOST, argv)
+    out = docker_exec(host, argv)
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def gateway_workers() -> int:
+def gateway_workers(host: str = GATEWAY_HOST) -> int:
     """The worker count in effect (uvicorn --workers in the unit's ExecStart, drop-ins included)."""
-    exec_start = docker_exec(GATEWAY_HOST, ["systemctl", "show", "-p", "ExecStart", "--value", SERVICE])
+    exec_start = docker_exec(host, ["systemctl", "show", "-p", "ExecStart", "--value", SERVICE])
     match = re.search(r"--workers (\d+)", exec_start)
     return int(match.group(1)) if match else 1
 
 
-def deployed_exec_start() -> str:
+def deployed_exec_start(host: str = GATEWAY_HOST) -> str:
     """The ExecStart= command line of the deployed unit file (not of any drop-in)."""
-    fragment = docker_exec(GATEWAY_HOST, ["systemctl", "show", "-p", "FragmentPath", "--value", SERVICE])
-    unit = docker_exec(GATEWAY_HOST, ["cat", fragment.strip()])
+    fragment = docker_exec(host, ["systemctl", "show", "-p", "FragmentPath", "--value", SERVICE])
+    unit = docker_exec(host, ["cat", fragment.strip()])
     lines = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
     if len(lines) != 1:
         raise LabError(f"{fragment.strip()}: expected one ExecStart= line, found {len(lines)}")
@@ -366,23 +375,30 @@ def gateway_vcpus() -> int:
     return int(docker_exec(GATEWAY_HOST, ["nproc"]).strip())
 
 
-def wait_healthy(timeout: float = HEALTH_TIMEOUT_SECONDS) -> float:
-    """Seconds until the gateway answers /health/liveliness from this machine."""
+def wait_healthy(timeout: float = HEALTH_TIMEOUT_SECONDS, url: str = GATEWAY_URL) -> float:
+    """Seconds until the gateway at ``url`` answers /health/liveliness from this machine."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
-            if httpx.get(f"{GATEWAY_URL}/health/liveliness", timeout=2, verify=TLS_VERIFY).status_code == 200:
+            if httpx.get(f"{url}/health/liveliness", timeout=2, verify=TLS_VERIFY).status_code == 200:
                 return time.monotonic() - started
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise LabError(f"the gateway did not become healthy within {timeout} s")
+    raise LabError(f"the gateway at {url} did not become healthy within {timeout} s")
 
 
-def restart_gateway() -> float:
-    docker_exec(GATEWAY_HOST, ["systemctl", "daemon-reload"])
-    docker_exec(GATEWAY_HOST, ["systemctl", "restart", SERVICE])
-    return wait_healthy()
+def gateway_url(host: str) -> str:
+    """The direct URL of a gateway host (GATEWAY_HOSTS and GATEWAY_DIRECT_URLS pair up)."""
+    if host == GATEWAY_HOST:
+        return GATEWAY_URL
+    return dict(zip(GATEWAY_HOSTS, GATEWAY_DIRECT_URLS, strict=False))[host]
+
+
+def restart_gateway(host: str = GATEWAY_HOST) -> float:
+    docker_exec(host, ["systemctl", "daemon-reload"])
+    docker_exec(host, ["systemctl", "restart", SERVICE])
+    return wait_healthy(url=gateway_url(host))
 
 
 def dropin_conf(workers_exec_start: str | None = None) -> str:
@@ -393,37 +409,42 @@ def dropin_conf(workers_exec_start: str | None = None) -> str:
     return conf
 
 
-def apply_gateway_env(overrides: dict[str, str], workers: int | None = None) -> float:
-    """Restart the gateway with extra environment (and optionally another uvicorn --workers count)
+def apply_gateway_env(
+    overrides: dict[str, str], workers: int | None = None, host: str = GATEWAY_HOST
+) -> float:
+    """Restart a gateway with extra environment (and optionally another uvicorn --workers count)
     from a drop-in; returns seconds to healthy."""
     for name, value in overrides.items():
         if not re.fullmatch(r"LITELLM_PGLOG_[A-Z_]+", name) or not re.fullmatch(r"[\w.\-]+", value):
             raise ValueError(f"refusing drop-in setting {name}={value!r}")
     env = "".join(f"{name}={value}\n" for name, value in overrides.items())
-    conf = dropin_conf(None if workers is None else with_workers(deployed_exec_start(), workers))
+    conf = dropin_conf(None if workers is None else with_workers(deployed_exec_start(host), workers))
     script = (
         f"set -e; umask 022; mkdir -p {DROPIN_DIR}; "
         f"printf '%s' \"$1\" > {DROPIN_ENV}; printf '%s' \"$2\" > {DROPIN_CONF}"
     )
-    docker_exec(GATEWAY_HOST, ["sh", "-c", script, "sh", env, conf])
-    seconds = restart_gateway()
-    if workers is not None and gateway_workers() != workers:
-        raise LabError(f"the drop-in did not set --workers {workers}")
+    docker_exec(host, ["sh", "-c", script, "sh", env, conf])
+    seconds = restart_gateway(host)
+    if workers is not None and gateway_workers(host) != workers:
+        raise LabError(f"{host}: the drop-in did not set --workers {workers}")
     return seconds
 
 
 def restore() -> bool:
-    """Remove the drop-in (restarting the gateway) and make sure PostgreSQL runs; True if changed."""
+    """Remove the drop-ins (restarting those gateways) and make sure PostgreSQL runs; True if changed."""
     postgres_signal("CONT")  # a hang drill interrupted while PostgreSQL was frozen
     postgres("start")
-    present = docker_exec(GATEWAY_HOST, ["sh", "-c", f"ls {DROPIN_CONF} {DROPIN_ENV} 2>/dev/null || true"])
-    active = docker_exec(GATEWAY_HOST, ["sh", "-c", f"systemctl is-active {SERVICE} || true"]).strip()
-    if not present.strip() and active == "active":
-        return False
-    docker_exec(GATEWAY_HOST, ["rm", "-f", DROPIN_CONF, DROPIN_ENV])
-    docker_exec(GATEWAY_HOST, ["sh", "-c", f"rmdir {DROPIN_DIR} 2>/dev/null || true"])
-    restart_gateway()
-    return True
+    changed = False
+    for host in GATEWAY_HOSTS:
+        present = docker_exec(host, ["sh", "-c", f"ls {DROPIN_CONF} {DROPIN_ENV} 2>/dev/null || true"])
+        active = docker_exec(host, ["sh", "-c", f"systemctl is-active {SERVICE} || true"]).strip()
+        if not present.strip() and active == "active":
+            continue
+        docker_exec(host, ["rm", "-f", DROPIN_CONF, DROPIN_ENV])
+        docker_exec(host, ["sh", "-c", f"rmdir {DROPIN_DIR} 2>/dev/null || true"])
+        restart_gateway(host)
+        changed = True
+    return changed
 
 
 @contextmanager
@@ -443,11 +464,19 @@ CPU_CGROUPS = {
 
 def cpu_seconds() -> dict[str, float]:
     """CPU time used so far by the gateway, PostgreSQL and stub services (their cgroups' cpu.stat)."""
-    used = {}
-    for name, (container, path) in CPU_CGROUPS.items():
-        usage = re.search(r"^usage_usec (\d+)", docker_exec(container, ["cat", path]), re.MULTILINE)
-        used[name] = int(usage.group(1)) / 1e6
-    return used
+    return {name: cgroup_cpu_seconds(container, path) for name, (container, path) in CPU_CGROUPS.items()}
+
+
+def cgroup_cpu_seconds(container: str, path: str) -> float:
+    usage = re.search(r"^usage_usec (\d+)", docker_exec(container, ["cat", path]), re.MULTILINE)
+    if usage is None:
+        raise LabError(f"{container}: no usage_usec in {path}")
+    return int(usage.group(1)) / 1e6
+
+
+def gateway_cpu_seconds(host: str) -> float:
+    """CPU time used so far by one gateway host's service."""
+    return cgroup_cpu_seconds(host, CPU_CGROUPS["gateway"][1])
 
 
 # PostgreSQL's processes by what they do, from their titles ("postgres: 17/main: walsender ...");

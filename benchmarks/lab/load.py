@@ -21,21 +21,23 @@ min/median/max, the added p50 at concurrency 1, gateway and PostgreSQL CPU ms/re
 PostgreSQL's split by process. Writes results/load-<time>.md, .json and a
 latency PNG. Figures only; nothing is asserted. Run it through scripts/lab-load.
 
+Then ``--twin-rounds`` (default 6) at the largest worker count: both lab gateways loaded at the
+same time, one ON and one OFF, swapped every round (``twin.py``): ON and OFF under the same
+machine state, which the sequential rounds cannot give on a shared VM.
+
 Duration, estimated (not timed) on the 2-vCPU lab with the defaults: per mode and round a restart
 (10-20 s), warm-up and gaps (~6 s), ab (4,000 requests: ~32 s at 1 worker, ~20 s at 2) and the
 probe (1,000 sequential requests, ~10-15 s): ~60 s, x 2 modes x 5 rounds x 2 worker counts
-= about 20 minutes, plus up to a few minutes waiting for rows at the end.
+= about 20 minutes; a twin round restarts both gateways (~30 s) and runs ab for 30 s: ~75 s,
+x 6 = about 8 minutes; plus up to a few minutes waiting for rows at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import operator
-import re
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,33 +46,12 @@ from pathlib import Path
 
 import labctl as lab
 import report
+import twin
+from ab import AbRun, run_ab
 from loadgen import LoadGenerator
 
 WARMUP_REQUESTS = 200
 WINDOW_GAP_SECONDS = 2.0
-
-
-@dataclass
-class AbRun:
-    requests: int
-    complete: int
-    failed: int
-    non_2xx: int
-    seconds: float
-    rate: float
-    p50: float
-    p95: float
-    p99: float
-    started: float
-    ended: float
-    latencies_ms: list[float] = field(repr=False)
-    rows: dict[str, int] = field(default_factory=dict)
-    cpu_seconds: dict[str, float] = field(default_factory=dict)
-    postgres_parts: dict[str, float] = field(default_factory=dict)  # labctl.postgres_cpu_parts
-
-    @property
-    def errors(self) -> int:
-        return self.failed + self.non_2xx
 
 
 @dataclass
@@ -81,46 +62,6 @@ class Probe:
     p95: float
     p99: float
     latencies_ms: list[float] = field(repr=False)
-
-
-def run_ab(requests: int, concurrency: int, workdir: Path) -> AbRun:
-    payload = workdir / "test_payload.json"
-    payload.write_text(json.dumps(lab.chat_payload(), indent=2))
-    gnuplot = workdir / "ab.tsv"
-    # ab only takes headers as arguments: the lab's TEST_KEY is visible in this machine's `ps`
-    # for the duration of the run (lab-generated key; the lab hosts never see it in a command line).
-    # Over HTTPS ab does not verify the certificate (it has no CA option); the latency probe
-    # (httpx) does, with the lab's CA.
-    command = [
-        "ab", "-q", "-n", str(requests), "-c", str(concurrency), "-s", "60",
-        "-T", "application/json", "-H", f"Authorization: Bearer {lab.test_key()}",
-        "-p", str(payload), "-g", str(gnuplot), f"{lab.GATEWAY_URL}{lab.CHAT_PATH}",
-    ]  # fmt: skip
-    started = time.time()
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    ended = time.time()
-
-    def number(label: str, default: str | None = None) -> float:
-        match = re.search(rf"^{re.escape(label)}:?\s+([0-9.]+)", out, re.MULTILINE)
-        if match is None and default is None:
-            raise RuntimeError(f"ab output has no {label!r}:\n{out}")
-        return float(match.group(1) if match else default)
-
-    latencies = [float(line.split("\t")[4]) for line in gnuplot.read_text().splitlines()[1:] if line.strip()]
-    return AbRun(
-        requests=requests,
-        complete=int(number("Complete requests")),
-        failed=int(number("Failed requests")),
-        non_2xx=int(number("Non-2xx responses", "0")),
-        seconds=number("Time taken for tests"),
-        rate=number("Requests per second"),
-        p50=number("  50%"),
-        p95=number("  95%"),
-        p99=number("  99%"),
-        started=started,
-        ended=ended,
-        latencies_ms=latencies,
-    )
 
 
 async def drive(concurrency: int, total: int, keepalive: bool = True) -> list:
@@ -229,8 +170,9 @@ def switch_to(mode: str, workers: int) -> None:
     lab.apply_gateway_env({"LITELLM_PGLOG_ENABLED": "false"} if mode == "OFF" else {}, workers)
 
 
-def run(args: argparse.Namespace) -> list[Measured]:
+def run(args: argparse.Namespace) -> tuple[list[Measured], list[twin.TwinRound]]:
     measured: list[Measured] = []
+    twins: list[twin.TwinRound] = []
     with tempfile.TemporaryDirectory(prefix="lab-load-") as tmp:
         try:
             for workers in args.worker_counts:
@@ -240,10 +182,13 @@ def run(args: argparse.Namespace) -> list[Measured]:
                         print(f"\n=== {label}", flush=True)
                         switch_to(mode, workers)
                         measured.append(Measured(workers, number, mode, *measure(label, args, Path(tmp))))
+            if args.twin_rounds:
+                twins = twin.run_twins(args, max(args.worker_counts), Path(tmp))
         finally:
             lab.restore()
     count_rows(measured)
-    return measured
+    twin.count_rows(twins, args.twin_control)
+    return measured, twins
 
 
 def count_rows(measured: list[Measured]) -> None:
@@ -417,9 +362,14 @@ def round_row(m: Measured, ratio: float) -> list[object]:
             m.ab.rows["rows"], m.lost, m.duplicated, m.ab.errors]  # fmt: skip
 
 
-def summarize(args: argparse.Namespace, measured: list[Measured]) -> tuple[str, dict]:
-    summaries = [ConfigSummary.of(w, [m for m in measured if m.workers == w]) for w in args.worker_counts]
+def summarize(
+    args: argparse.Namespace, measured: list[Measured], twins: list[twin.TwinRound]
+) -> tuple[str, dict]:
+    by_workers = {w: [m for m in measured if m.workers == w] for w in args.worker_counts}
+    summaries = [ConfigSummary.of(w, mine) for w, mine in by_workers.items() if mine]
     sections = [f"## {s.workers} uvicorn worker(s)\n\n{s.table()}" for s in summaries]
+    if twins:
+        sections.append(twin.section(args, twins[0].workers, twins))
     markdown = "\n\n".join(
         [
             "# Lab load test: runbook Part 5 at scale, logging ON vs OFF",
@@ -434,7 +384,7 @@ def summarize(args: argparse.Namespace, measured: list[Measured]) -> tuple[str, 
             " (concurrency 1, keep-alive, sub-ms clock) for the per-request cost of logging. CPU ms/req: "
             "CPU time of the service's cgroup during the ab run divided by its requests.",
             *sections,
-            "## Rounds\n\n" + report.table(ROUND_HEADER, round_rows(measured)),
+            *(["## Rounds\n\n" + report.table(ROUND_HEADER, round_rows(measured))] if measured else []),
             f"![latency](load-{args.stamp}.png)",
         ]
     )
@@ -443,21 +393,31 @@ def summarize(args: argparse.Namespace, measured: list[Measured]) -> tuple[str, 
         "machine": lab.machine_description(),
         "summaries": [{**asdict(s), "added_p50_c1_ms": s.added_p50_c1} for s in summaries],
         "rounds": [m.record() for m in measured],
+        "twin_rounds": [t.record() for t in twins],
     }
     return markdown, data
 
 
 def latency_panels(
-    args: argparse.Namespace, measured: list[Measured]
+    args: argparse.Namespace, measured: list[Measured], twins: list[twin.TwinRound]
 ) -> list[tuple[str, dict[str, list[float]]]]:
-    """Per worker count: the ab latencies and the probe latencies, ON vs OFF (rounds pooled)."""
+    """Per worker count: the ab latencies and the probe latencies, ON vs OFF (rounds pooled);
+    then the twin rounds' ab latencies."""
     panels = []
     for workers in args.worker_counts:
         mine = [m for m in measured if m.workers == workers]
+        if not mine:  # --rounds 0: twin rounds only
+            continue
         for title, attr in ((f"ab -n {args.requests} -c {args.concurrency}", "ab"), ("probe, c=1", "probe")):
             series = {mode: [v for m in mine if m.mode == mode for v in getattr(m, attr).latencies_ms]
                       for mode in ("ON", "OFF")}  # fmt: skip
             panels.append((f"{workers} worker(s): {title}", series))
+    if twins:
+        series = {
+            "ON": [v for t in twins for v in t.on.latencies_ms],
+            "OFF": [v for t in twins for v in t.off.latencies_ms],
+        }
+        panels.append((f"twin rounds, {twins[0].workers} worker(s) each: ab -t {args.twin_seconds}", series))
     return panels
 
 
@@ -470,6 +430,19 @@ def main() -> None:
     parser.add_argument("--probe-requests", type=int, default=1000, help="sequential latency probe size")
     parser.add_argument("--rounds", type=int, default=5, help="ON/OFF rounds per worker count (default 5)")
     parser.add_argument(
+        "--twin-rounds",
+        type=int,
+        default=6,
+        help="rounds with both gateways loaded at once, one ON and one OFF, at the largest worker count"
+        " (default 6; 0 skips them)",
+    )
+    parser.add_argument("--twin-seconds", type=int, default=30, help="ab -t of a twin round (default 30)")
+    parser.add_argument(
+        "--twin-control",
+        action="store_true",
+        help="twin rounds with logging OFF on both sides: the spread the twin figures have without logging",
+    )
+    parser.add_argument(
         "--workers-list",
         default="1,vcpus",
         help='uvicorn worker counts, "vcpus" = gateway nproc (default 1,vcpus)',
@@ -479,12 +452,12 @@ def main() -> None:
     lab.require_deployed_lab()
     args.vcpus, args.deployed_workers = lab.gateway_vcpus(), lab.gateway_workers()
     args.worker_counts = worker_counts(args.workers_list, args.vcpus)
-    measured = run(args)
-    markdown, data = summarize(args, measured)
+    measured, twins = run(args)
+    markdown, data = summarize(args, measured, twins)
     png = report.latency_cdf_plot(
         lab.RESULTS / f"load-{args.stamp}.png",
         f"Lab gateway latency, logging ON vs OFF ({lab.machine_description()})",
-        latency_panels(args, measured),
+        latency_panels(args, measured, twins),
     )
     path = report.write(f"load-{args.stamp}", markdown, data)
     print("\n" + markdown.split("\n\n", 3)[3])

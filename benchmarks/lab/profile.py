@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import labctl as lab
-from load import WARMUP_REQUESTS, drive, run_ab
+from ab import run_ab
+from load import WARMUP_REQUESTS, drive
 
 OURS = "litellm_pglog/"
 # Packages of the app the middleware wraps: a sample with one of these below our innermost
