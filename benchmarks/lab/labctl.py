@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from loadgen import LoadGenerator, Sample
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results"
@@ -189,6 +190,18 @@ def converge(extra_vars: str | None = None, log: Path | None = None) -> None:
 def chat_payload(content: str = "This is a load test message. Please respond briefly.") -> dict:
     """The runbook's Part 5 payload."""
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 50}
+
+
+WARMUP_REQUESTS = 200  # on a freshly restarted gateway, before anything is measured
+WINDOW_GAP_SECONDS = 2.0  # keeps warm-up rows out of a measured run's time window
+
+
+async def drive(concurrency: int, total: int, keepalive: bool = True, url: str = GATEWAY_URL) -> list[Sample]:
+    """``total`` runbook chat requests with TEST_KEY against one gateway, ``concurrency`` at a time."""
+    generator = LoadGenerator(
+        url, test_key(), chat_payload(), concurrency, total=total, keepalive=keepalive, verify=TLS_VERIFY
+    )
+    return await generator.run()
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------

@@ -48,10 +48,7 @@ import labctl as lab
 import report
 import twin
 from ab import AbRun, run_ab
-from loadgen import LoadGenerator
-
-WARMUP_REQUESTS = 200
-WINDOW_GAP_SECONDS = 2.0
+from report import spread, spread_text
 
 
 @dataclass
@@ -64,21 +61,8 @@ class Probe:
     latencies_ms: list[float] = field(repr=False)
 
 
-async def drive(concurrency: int, total: int, keepalive: bool = True) -> list:
-    generator = LoadGenerator(
-        lab.GATEWAY_URL,
-        lab.test_key(),
-        lab.chat_payload(),
-        concurrency,
-        total=total,
-        keepalive=keepalive,
-        verify=lab.TLS_VERIFY,
-    )
-    return await generator.run()
-
-
 def probe(total: int) -> Probe:
-    samples = asyncio.run(drive(1, total))
+    samples = asyncio.run(lab.drive(1, total))
     latencies = [s.latency_ms for s in samples if s.status == 200]
     return Probe(
         requests=len(samples),
@@ -91,9 +75,9 @@ def probe(total: int) -> Probe:
 
 
 def measure(label: str, args: argparse.Namespace, workdir: Path) -> tuple[AbRun, Probe]:
-    print(f"== {label}: warm-up {WARMUP_REQUESTS} requests", flush=True)
-    asyncio.run(drive(10, WARMUP_REQUESTS))
-    time.sleep(WINDOW_GAP_SECONDS)  # keeps warm-up rows out of the ab run's time window
+    print(f"== {label}: warm-up {lab.WARMUP_REQUESTS} requests", flush=True)
+    asyncio.run(lab.drive(10, lab.WARMUP_REQUESTS))
+    time.sleep(lab.WINDOW_GAP_SECONDS)  # keeps warm-up rows out of the ab run's time window
     print(f"== {label}: ab -n {args.requests} -c {args.concurrency}", flush=True)
     cpu_before, processes_before = lab.cpu_seconds(), lab.postgres_processes()
     ab = run_ab(args.requests, args.concurrency, workdir)
@@ -108,7 +92,7 @@ def measure(label: str, args: argparse.Namespace, workdir: Path) -> tuple[AbRun,
         flush=True,
     )
     print(f"   PostgreSQL CPU ms/request by part: {parts}", flush=True)
-    time.sleep(WINDOW_GAP_SECONDS)
+    time.sleep(lab.WINDOW_GAP_SECONDS)
     print(f"== {label}: latency probe, {args.probe_requests} sequential requests", flush=True)
     latency = probe(args.probe_requests)
     print(f"   p50 {latency.p50:.2f} ms, p95 {latency.p95:.2f} ms, errors {latency.errors}", flush=True)
@@ -198,11 +182,6 @@ def count_rows(measured: list[Measured]) -> None:
         m.ab.rows = lab.wait_for_window_rows(
             m.ab.started, m.ab.ended, expected, timeout=90 if expected else 5
         )
-
-
-def spread(values: list[float]) -> tuple[float, float, float]:
-    """min, median, max."""
-    return min(values), statistics.median(values), max(values)
 
 
 def per_round(
@@ -329,10 +308,6 @@ class ConfigSummary:
         )  # fmt: skip
 
 
-def spread_text(values: tuple[float, float, float], spec: str = "+.2f") -> str:
-    return " / ".join(format(value, spec) for value in values)
-
-
 def median_parts(measured: list[Measured]) -> dict[str, float]:
     """PostgreSQL CPU ms/request by part (labctl.POSTGRES_PARTS), each the median of the rounds."""
     names = dict.fromkeys(part for m in measured for part in m.ab.postgres_parts)
@@ -377,7 +352,7 @@ def summarize(
             f"gateway {lab.GATEWAY_URL} (host nproc {args.vcpus}, deployed with {args.deployed_workers} "
             f"uvicorn workers), model {lab.MODEL} on the lab stub; per worker count {args.rounds} round(s), "
             "ON/OFF order alternating per round (ON first in odd rounds), each mode on a freshly "
-            f"restarted gateway after {WARMUP_REQUESTS} warm-up requests.",
+            f"restarted gateway after {lab.WARMUP_REQUESTS} warm-up requests.",
             f"Per mode and round: `ab -n {args.requests} -c {args.concurrency} -T application/json"
             f" -H 'Authorization: Bearer TEST_KEY' -p test_payload.json {lab.GATEWAY_URL}{lab.CHAT_PATH}`"
             f" (the runbook's command at scale), then {args.probe_requests} sequential requests"

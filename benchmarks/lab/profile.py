@@ -46,7 +46,6 @@ from pathlib import Path
 
 import labctl as lab
 from ab import run_ab
-from load import WARMUP_REQUESTS, drive
 
 OURS = "litellm_pglog/"
 # Packages of the app the middleware wraps: a sample with one of these below our innermost
@@ -260,7 +259,7 @@ def main() -> None:
     lab.RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="lab-profile-") as tmp, lab.gateway_env({}, workers):
-        asyncio.run(drive(10, WARMUP_REQUESTS))
+        asyncio.run(lab.drive(10, lab.WARMUP_REQUESTS))
         paths, ab, cgroup_seconds = record(host_pids(), args.rate, Path(tmp), args.requests, args.concurrency)
         raw = "".join(path.read_text() for path in paths)  # read once: parsed and kept
         (lab.RESULTS / f"profile-{stamp}.stacks").write_text(raw)

@@ -29,14 +29,12 @@ from pathlib import Path
 import labctl as lab
 import report
 from ab import AbCommand, AbRun, run_together
-from loadgen import LoadGenerator
+from report import spread, spread_text
 
 OFF_ENV = {"LITELLM_PGLOG_ENABLED": "false"}
 # Each side sends with its own key, so that the rows of a time window tell the gateways apart:
 # the ON gateway's are TEST_KEY's, and any row of POC_VALIDATION_KEY would be the OFF one's.
 ON_KEY, OFF_KEY = ("test_key", "TEST_KEY"), ("poc_validation_key", "POC_VALIDATION_KEY")
-WARMUP_REQUESTS = 200
-GAP_SECONDS = 2.0
 
 
 @dataclass
@@ -91,13 +89,7 @@ def hosts_for(round_number: int) -> tuple[str, str]:
 
 
 async def _warm_up(urls: list[str]) -> None:
-    generators = [
-        LoadGenerator(
-            url, lab.test_key(), lab.chat_payload(), 10, total=WARMUP_REQUESTS, verify=lab.TLS_VERIFY
-        )
-        for url in urls
-    ]
-    await asyncio.gather(*(generator.run() for generator in generators))
+    await asyncio.gather(*(lab.drive(10, lab.WARMUP_REQUESTS, url=url) for url in urls))
 
 
 def postgres_cpu_seconds() -> float:
@@ -121,7 +113,7 @@ def run_round(workers: int, number: int, args, workdir: Path) -> TwinRound:
             restart.result()
     urls = [lab.gateway_url(on_host), lab.gateway_url(off_host)]
     asyncio.run(_warm_up(urls))
-    time.sleep(GAP_SECONDS)  # keeps warm-up rows out of the run's time window
+    time.sleep(lab.WINDOW_GAP_SECONDS)
     hosts = (on_host, off_host)
     before = {host: lab.gateway_cpu_seconds(host) for host in hosts}
     postgres_before = postgres_cpu_seconds()
@@ -135,7 +127,7 @@ def run_round(workers: int, number: int, args, workdir: Path) -> TwinRound:
         run.cpu_seconds = {"gateway": lab.gateway_cpu_seconds(host) - before[host]}
     twin = TwinRound(workers, number, on_host, off_host, on, off, postgres_used)
     print(twin.line(), flush=True)
-    time.sleep(GAP_SECONDS)
+    time.sleep(lab.WINDOW_GAP_SECONDS)
     return twin
 
 
@@ -148,10 +140,6 @@ def count_rows(twins: list[TwinRound], control: bool = False) -> None:
         expected = 0 if control else twin.on.complete
         twin.on.rows = lab.wait_for_window_rows(twin.on.started, twin.on.ended, expected, timeout=90)
         twin.off.rows = lab.rows_between(twin.off.started, twin.off.ended, OFF_KEY[1])
-
-
-def spread(values: list[float]) -> tuple[float, float, float]:
-    return min(values), statistics.median(values), max(values)
 
 
 def pairs(twins: list[TwinRound]) -> list[tuple[TwinRound, TwinRound]]:
@@ -167,8 +155,8 @@ def summary_table(twins: list[TwinRound]) -> str:
     on_200 = sum(t.on.rows.get("status_200", 0) for t in twins)
     complete = sum(t.on.complete for t in twins)
     rows = [
-        ["throughput ratio ON/OFF per round, min / median / max", _three(ratios, ".3f")],
-        ["gateway CPU ms/request added per round (ON - OFF), min / median / max", _three(added, "+.3f")],
+        ["throughput ratio ON/OFF per round, min / median / max", spread_text(ratios, ".3f")],
+        ["gateway CPU ms/request added per round (ON - OFF), min / median / max", spread_text(added, "+.3f")],
         ["req/s ON / OFF (median of rounds)",
          f"{statistics.median(t.on.rate for t in twins):.1f} / "
          f"{statistics.median(t.off.rate for t in twins):.1f}"],
@@ -184,9 +172,9 @@ def summary_table(twins: list[TwinRound]) -> str:
     if pair_ratios:
         rows[2:2] = [
             ["host-balanced pairs of rounds: ratio (geometric mean), min / median / max",
-             _three(spread(pair_ratios), ".3f")],
+             spread_text(spread(pair_ratios), ".3f")],
             ["host-balanced pairs of rounds: CPU ms/request added, min / median / max",
-             _three(spread(pair_added), "+.3f")],
+             spread_text(spread(pair_added), "+.3f")],
         ]  # fmt: skip
     return report.table(["figure", "value"], rows)
 
@@ -211,7 +199,7 @@ def section(args, workers: int, twins: list[TwinRound]) -> str:
         [
             title,
             f"{hosts} each restarted with {workers} workers, one with logging ON and one OFF (swapped "
-            f"every round), {WARMUP_REQUESTS} warm-up requests each, then `ab -t {args.twin_seconds} "
+            f"every round), {lab.WARMUP_REQUESTS} warm-up requests each, then `ab -t {args.twin_seconds} "
             f"-c {args.concurrency}` against both at once. Each gateway's CPU from its own cgroup over the"
             " same interval. A pair of rounds has each host ON once: its figures cancel host differences."
             " Requests still in flight at ab's time limit are answered and logged but not counted by ab.",
@@ -219,7 +207,3 @@ def section(args, workers: int, twins: list[TwinRound]) -> str:
             report.table(ROUND_HEADER, round_rows(twins)),
         ]
     )
-
-
-def _three(values: tuple[float, float, float], spec: str) -> str:
-    return " / ".join(format(value, spec) for value in values)
