@@ -9,6 +9,12 @@ export LITELLM_LAB_DIR="$REPO/.lab"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
 export PY_COLORS=0
+# Every playbook run of the lab and of CI (molecule, scripts/lab-*, the drills) uses Mitogen's
+# linear strategy: one Python per host instead of one per task, about twice as fast here (see
+# lab/ansible/strategy/mitogen_linear.py). ANSIBLE_STRATEGY=linear selects Ansible's own, as
+# production runs use; scripts/test runs the check mode on fresh hosts and the PGDG scenario so.
+export ANSIBLE_STRATEGY_PLUGINS="$REPO/lab/ansible/strategy"
+export ANSIBLE_STRATEGY="${ANSIBLE_STRATEGY:-mitogen_linear}"
 
 # prometheus (promtool) and prometheus-alertmanager: the alert rules' unit tests and the
 # loopback alerting test; chromium: the usage report's page rendered headless.
