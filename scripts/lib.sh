@@ -12,7 +12,8 @@ export PY_COLORS=0
 # Every playbook run of the lab and of CI (molecule, scripts/lab-*, the drills) uses Mitogen's
 # linear strategy: one Python per host instead of one per task, about twice as fast here (see
 # lab/ansible/strategy/mitogen_linear.py). ANSIBLE_STRATEGY=linear selects Ansible's own, as
-# production runs use; scripts/test runs the check mode on fresh hosts and the PGDG scenario so.
+# production runs use; scripts/test runs the check mode on fresh hosts, the PGDG scenario and the
+# playbooks against the control node itself (pki, module, PGDG facts) so.
 export ANSIBLE_STRATEGY_PLUGINS="$REPO/lab/ansible/strategy"
 export ANSIBLE_STRATEGY="${ANSIBLE_STRATEGY:-mitogen_linear}"
 # Except molecule's create and destroy playbooks: their async Docker tasks on the control node
