@@ -14,7 +14,7 @@ import time
 
 import halab
 
-SECONDS = 20
+SECONDS = 10
 # The gateway put in maintenance for the one-gateway half.
 SECOND = list(halab.GATEWAYS)[-1]
 CONCURRENCY = 16

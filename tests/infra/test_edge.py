@@ -20,7 +20,7 @@ from conftest import GATEWAY_HOST, LAB_DIR, docker_exec, lab_requests, logged_ro
 MODEL = "gpt-4o-mini"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, route matrix"}], "max_tokens": 5}
 # The lab's litellm_gateway_request_timeout and the role's default litellm_gateway_num_retries.
-REQUEST_TIMEOUT_S, NUM_RETRIES = 10, 1
+REQUEST_TIMEOUT_S, NUM_RETRIES = 5, 1
 
 
 def post(path: str, body: dict | None = None, key: str | None = "test_key", **extra) -> dict:
