@@ -68,7 +68,7 @@ SIZES = {
         "spool_seconds": 15.0, "spool_max_bytes": 16384, "spool_requests": 400,
     },
     "ci": {
-        "concurrency": 4, "outage": 60.0, "hang": 30.0, "warm": 5.0, "after": 10.0,
+        "concurrency": 4, "outage": 60.0, "hang": 20.0, "warm": 5.0, "after": 10.0,
         "spool_seconds": 8.0, "spool_max_bytes": 16384, "spool_requests": 150,
     },
 }  # fmt: skip
